@@ -1,0 +1,169 @@
+"""Task specifications: ``tasks/<name>.yaml`` parsed into validated, frozen dataclasses.
+
+Tasks are data (the lm-evaluation-harness habit): a task file names its domain, where its
+items come from (a seeded generator, a Hugging Face dataset, or a local jsonl/parquet
+file with a column mapping), how a prompt is rendered, how a completion is rewarded and how
+the task is evaluated. Nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ctbench.errors import UserError
+from ctbench.resources import tasks_dir
+from ctbench.yamlspec import Fields, load_yaml_mapping
+
+REWARD_KINDS = ("exact", "numeric", "choice", "code", "judge")
+JUDGE_TYPES = ("rubric", "embedding")
+Domain = Literal["structured", "open"]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where items come from: exactly one of generator, dataset (hub name) or path."""
+
+    generator: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
+    path: str | None = None
+    subset: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    size: int
+    decoding: Literal["greedy", "sample"] = "greedy"
+    samples_per_prompt: int = 1
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    version: int
+    domain: Domain
+    description: str
+    source: SourceSpec
+    prompt_template: str
+    reward: RewardSpec
+    eval: EvalSpec
+    max_new_tokens: int
+    answer_field: str = "answer"
+    expert_field: str = "demonstration"
+    file: str = ""
+
+    def content_hash(self) -> str:
+        """Hash of everything that defines the task (not where its file happens to live)."""
+        payload = {k: v for k, v in asdict(self).items() if k != "file"}
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _template_fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def parse_task_spec(path: Path) -> TaskSpec:
+    top = Fields(load_yaml_mapping(path), path=path)
+    name = top.get("name", str)
+    version = top.get("version", int)
+    domain = top.get("domain", str, choices=("structured", "open"))
+    description = top.get("description", str, "")
+    prompt_template = top.get("prompt_template", str)
+    if not _template_fields(prompt_template):
+        raise top.error("prompt_template", "expected at least one {field} placeholder")
+    max_new_tokens = top.positive("max_new_tokens", int)
+    answer_field = top.get("answer_field", str, "answer")
+    expert_field = top.get("expert_field", str, "demonstration")
+
+    src = top.sub("source")
+    source = SourceSpec(
+        generator=src.get("generator", (str, type(None)), None),
+        params=src.get("params", dict, {}),
+        dataset=src.get("dataset", (str, type(None)), None),
+        path=src.get("path", (str, type(None)), None),
+        subset=src.get("subset", (str, type(None)), None),
+        train_split=src.get("train_split", str, "train"),
+        eval_split=src.get("eval_split", str, "test"),
+        columns=src.get("columns", dict, {}),
+    )
+    chosen = [k for k in ("generator", "dataset", "path") if getattr(source, k)]
+    if len(chosen) != 1:
+        raise src.error("", "expected exactly one of generator, dataset or path")
+    src.finish()
+
+    rew = top.sub("reward")
+    kind = rew.get("kind", str, choices=REWARD_KINDS)
+    params = {k: v for k, v in rew.data.items() if k != "kind"}
+    rew.used.update(params)
+    if kind == "judge":
+        judge = Fields(params.get("judge"), path=path, prefix="reward.judge.")
+        judge.get("type", str, choices=JUDGE_TYPES)
+    if kind == "code":
+        Fields(params, path=path, prefix="reward.").get(
+            "mode", str, "expression", choices=("expression", "program")
+        )
+    reward = RewardSpec(kind=kind, params=params)
+
+    ev = top.sub("eval")
+    evaluation = EvalSpec(
+        size=ev.positive("size", int),
+        decoding=ev.get("decoding", str, "greedy", choices=("greedy", "sample")),
+        samples_per_prompt=ev.positive("samples_per_prompt", int, 1),
+        temperature=ev.positive("temperature", float, 1.0),
+    )
+    ev.finish()
+    top.finish()
+    return TaskSpec(
+        name=name,
+        version=version,
+        domain=domain,  # type: ignore[arg-type]
+        description=description,
+        source=source,
+        prompt_template=prompt_template,
+        reward=reward,
+        eval=evaluation,
+        max_new_tokens=max_new_tokens,
+        answer_field=answer_field,
+        expert_field=expert_field,
+        file=str(path),
+    )
+
+
+def available_task_files(root: Path | None = None) -> dict[str, Path]:
+    """Task name (file stem) → file, for every ``*.yaml`` directly under the tasks folder."""
+    folder = root or tasks_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def find_task_spec(name_or_path: str, root: Path | None = None) -> TaskSpec:
+    """A task by registry name (``math``) or by a path to its YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+        return parse_task_spec(candidate)
+    files = available_task_files(root)
+    if name_or_path not in files:
+        known = ", ".join(files) or "(none)"
+        raise UserError(f"unknown task {name_or_path!r}; known tasks: {known}", where="task")
+    spec = parse_task_spec(files[name_or_path])
+    if spec.name != name_or_path:
+        raise UserError(
+            f"name {spec.name!r} differs from the file name {name_or_path!r}",
+            where=str(files[name_or_path]),
+        )
+    return spec

@@ -1,0 +1,124 @@
+"""Every reward function, on hand-made completions: right answers score 1, wrong ones 0."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctbench.judges import EmbeddingJudge, RubricJudge
+from ctbench.rewards import build_reward, chance_level
+from ctbench.taskdata import Item
+
+
+def item(task="t", answer=None, **fields):
+    return Item(task=task, index=0, prompt="p", answer=answer, demonstration=answer, fields=fields)
+
+
+def test_exact_match_on_math(tiny_track):
+    reward = build_reward(tiny_track.tasks["math"])
+    it = tiny_track.tasks["math"].eval[0]
+    assert reward.score_groups(
+        [it], [[it.answer, it.answer + "1", "", f" {it.answer} "]], training=True
+    ) == [[1.0, 0.0, 0.0, 1.0]]
+
+
+def test_choice_on_qa_has_chance_one_quarter(tiny_track):
+    task = tiny_track.tasks["qa"]
+    reward = build_reward(task)
+    it = task.eval[0]
+    wrong = next(o for o in it.fields["options"] if o != it.answer)
+    assert reward.score_groups([it], [[it.answer, wrong, "a"]], training=False) == [[1.0, 0.0, 0.0]]
+    assert chance_level(task) == pytest.approx(0.25)
+    assert chance_level(tiny_track.tasks["math"]) == 0.0
+
+
+def test_numeric_reward_reads_last_number():
+    from ctbench.rewards import NumericMatch
+
+    reward = NumericMatch(tolerance=1e-6)
+    it = item(answer="#### 1,234")
+    assert reward.score(it, "so the answer is 1234") == 1.0
+    assert reward.score(it, "1234 then 5") == 0.0
+    assert reward.score(it, "no number") == 0.0
+
+
+def test_code_reward_runs_the_expression(tiny_track):
+    task = tiny_track.tasks["code"]
+    reward = build_reward(task)
+    it = item(task="code", answer="6", digits="1 4 2")
+    groups = [["4+2", "2+4", "4+1+1", "9-3", "42/7", "1+4+2-1", "6", ""]]
+    # 4+1+1 uses '1' twice (given once); 9-3 uses digits not given; 42/7 fails the pattern;
+    # "6" is a digit not given; 1+4+2-1 reuses 1.
+    assert reward.score_groups([it], groups, training=True) == [
+        [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    ]
+
+
+def test_code_reward_scores_wrong_value_zero(tiny_track):
+    reward = build_reward(tiny_track.tasks["code"])
+    it = item(task="code", answer="5", digits="1 4 2")
+    assert reward.score_groups([it], [["4+2", "4+1"]], training=False) == [[0.0, 1.0]]
+
+
+RULES = {
+    "required_fields": ["w1", "w2"],
+    "max_words": 6,
+    "allowed_words": ["and", "with", "big", "the"],
+}
+
+
+def test_rubric_judge_validity_and_uniqueness():
+    judge = RubricJudge(dict(RULES), "test")
+    it = item(w1="cat", w2="sun")
+    group = [
+        "cat and sun",
+        "dog and sun",
+        "cat and sun",
+        "sun with cat",
+        "cat cat sun",
+        "the big cat with the sun x",
+    ]
+    # valid: 0 (pattern X and Y, twice -> 1/2), 2 (same), 3 (Y with X, unique -> 1);
+    # invalid: 1 (no cat), 4 (cat twice), 5 (7 words and 'x' not allowed)
+    assert judge.score_groups([it], [group], training=False) == [[0.5, 0.0, 0.5, 1.0, 0.0, 0.0]]
+
+
+def test_rubric_judge_training_rewards_rarity_and_resets():
+    judge = RubricJudge(dict(RULES), "test")
+    it = item(w1="cat", w2="sun")
+    first = judge.score_groups([it], [["cat and sun", "sun with cat"]], training=True)[0]
+    assert first == [1.0, 1.0]  # unique in group (0.5) + never seen before (0.5)
+    second = judge.score_groups([it], [["cat and sun", "the cat with sun"]], training=True)[0]
+    # "X and Y" was 1 of the 2 remembered patterns: rarity 0.5; the new pattern: rarity 1
+    assert second == [pytest.approx(0.75), pytest.approx(1.0)]
+    judge.reset()
+    assert judge.score_groups([it], [["cat and sun", "cat and sun"]], training=True)[0] == [
+        0.75,
+        0.75,
+    ]
+
+
+@pytest.fixture(scope="module")
+def embedding_judge():
+    return EmbeddingJudge(dict(RULES), "test")
+
+
+def test_embedding_judge_uses_a_real_model_and_prefers_variety(embedding_judge):
+    it = item(w1="cat", w2="sun")
+    same = embedding_judge.score_groups([it], [["cat and sun"] * 4], training=False)[0]
+    varied = embedding_judge.score_groups(
+        [it],
+        [["cat and sun", "the big cat with sun", "sun with the cat", "the sun and big cat"]],
+        training=False,
+    )[0]
+    assert same == [0.0] * 4  # identical lines: no spread at all
+    assert all(v > 0.0 for v in varied)
+    assert embedding_judge.score_groups([it], [["dog and sun", "sun with dog"]], training=False)[
+        0
+    ] == [0.0, 0.0]
+    vectors = embedding_judge.embed(["cat", "kitten", "bridge"])
+    assert vectors.shape[1] == 384  # all-MiniLM-L6-v2's width: the real model, not a stand-in
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])
+
+
+def test_creative_task_uses_the_judge_from_its_yaml(tiny_track):
+    assert isinstance(build_reward(tiny_track.tasks["creative"]), RubricJudge)
