@@ -1,0 +1,178 @@
+"""Evaluation of every task after every stage: scores, per-item results, and entropy.
+
+Verifiable tasks are decoded greedily. Open tasks whose judge values variety are scored on
+K samples at temperature 1 (greedy decoding gives one pattern per prompt, so a greedy
+novelty score would be 0 by construction). Entropy has two views (DESIGN §5): the mean
+token entropy of the policy on sampled completions, and the entropy over *distinct*
+completions among K samples per prompt, because token entropy can fall while whole outputs
+grow more varied.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from ctbench.compute import ComputeMeter
+from ctbench.metrics import mean_and_stderr
+from ctbench.rewards import Reward
+from ctbench.rollout import RolloutBackend
+from ctbench.taskdata import Item, Task
+
+
+@dataclass
+class TaskEvaluation:
+    score: float
+    stderr: float
+    n: int
+    token_entropy: float
+    sequence_entropy: float
+    distinct_ratio: float
+    items: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "score": self.score,
+            "stderr": self.stderr,
+            "n": self.n,
+            "token_entropy": self.token_entropy,
+            "sequence_entropy": self.sequence_entropy,
+            "distinct_ratio": self.distinct_ratio,
+        }
+
+
+def distinct_entropy(completions: Sequence[str]) -> float:
+    """Entropy (nats) of the empirical distribution over distinct completions."""
+    counts = collections.Counter(completions)
+    total = len(completions)
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+class Evaluator:
+    def __init__(
+        self,
+        tasks: dict[str, Task],
+        rewards: dict[str, Reward],
+        rollout: RolloutBackend,
+        meter: ComputeMeter,
+        *,
+        entropy_prompts: int = 48,
+        entropy_samples: int = 4,
+        batch_size: int = 512,
+    ) -> None:
+        self.tasks = tasks
+        self.rewards = rewards
+        self.rollout = rollout
+        self.meter = meter
+        self.entropy_prompts = entropy_prompts
+        self.entropy_samples = entropy_samples
+        self.batch_size = batch_size
+
+    def _generate(
+        self,
+        model: PreTrainedModel,
+        items: Sequence[Item],
+        samples: int,
+        *,
+        greedy: bool,
+        temperature: float,
+        max_new_tokens: int,
+        generator: torch.Generator,
+        phase: str,
+    ) -> tuple[list[list[str]], list[float]]:
+        """Completions grouped per item, plus per-token entropies of every sampled token."""
+        prompts = [item.prompt for item in items for _ in range(samples)]
+        completions: list[str] = []
+        entropies: list[float] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = self.rollout.generate(
+                model,
+                prompts[start : start + self.batch_size],
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                greedy=greedy,
+                generator=generator,
+            )
+            completions.extend(batch.completions)
+            entropies.extend(batch.token_entropy[batch.completion_mask.bool()].tolist())
+            self.meter.book(
+                phase, samples=len(batch.completions), generated_tokens=batch.generated_tokens
+            )
+        groups = [completions[i * samples : (i + 1) * samples] for i in range(len(items))]
+        return groups, entropies
+
+    @torch.no_grad()
+    def evaluate_task(
+        self, model: PreTrainedModel, task: Task, seed: int, phase: str = "eval"
+    ) -> TaskEvaluation:
+        spec = task.spec
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        greedy = spec.eval.decoding == "greedy"
+        samples = 1 if greedy else spec.eval.samples_per_prompt
+        groups, _ = self._generate(
+            model,
+            task.eval,
+            samples,
+            greedy=greedy,
+            temperature=spec.eval.temperature,
+            max_new_tokens=spec.max_new_tokens,
+            generator=generator,
+            phase=phase,
+        )
+        scores = self.rewards[spec.name].score_groups(task.eval, groups, training=False)
+        per_item = [sum(row) / len(row) for row in scores]
+        mean, stderr = mean_and_stderr(per_item)
+
+        # Entropy view: K samples at temperature 1 on the first prompts of the eval set.
+        probe_items = task.eval[: self.entropy_prompts]
+        k = self.entropy_samples
+        sampled, token_entropies = self._generate(
+            model,
+            probe_items,
+            k,
+            greedy=False,
+            temperature=1.0,
+            max_new_tokens=spec.max_new_tokens,
+            generator=generator,
+            phase=phase,
+        )
+        token_entropy = sum(token_entropies) / max(len(token_entropies), 1)
+        seq_entropy = sum(distinct_entropy(g) for g in sampled) / len(sampled)
+        distinct = sum(len(set(g)) / k for g in sampled) / len(sampled)
+
+        records = [
+            {
+                "index": item.index,
+                "prompt_hash": item.prompt_hash,
+                "prompt": item.prompt,
+                "answer": item.answer,
+                "completions": group,
+                "scores": row,
+                "score": score,
+            }
+            for item, group, row, score in zip(task.eval, groups, scores, per_item, strict=True)
+        ]
+        return TaskEvaluation(
+            score=mean,
+            stderr=stderr,
+            n=len(per_item),
+            token_entropy=token_entropy,
+            sequence_entropy=seq_entropy,
+            distinct_ratio=distinct,
+            items=records,
+        )
+
+    def evaluate(
+        self, model: PreTrainedModel, seed: int, phase: str = "eval"
+    ) -> dict[str, TaskEvaluation]:
+        with self.meter.timed(phase):
+            return {
+                name: self.evaluate_task(model, task, seed + 7919 * index, phase)
+                for index, (name, task) in enumerate(self.tasks.items())
+            }

@@ -1,0 +1,101 @@
+"""The HF rollout backend against independent computations on a real (tiny) model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ctbench.model import TinyModelSpec, build_tiny_model
+from ctbench.rollout import HFRollout, group_size_of
+from ctbench.tokenizer import build_char_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    model = build_tiny_model(TinyModelSpec(), len(tokenizer), seed=1)
+    # Raise the EOS logit so completions end at varied lengths (exercises row compaction).
+    eos = tokenizer.eos_token_id
+    model.lm_head.register_forward_hook(
+        lambda _m, _i, out: out.index_add(
+            -1, torch.tensor([eos]), torch.full((*out.shape[:-1], 1), 2.5)
+        )
+    )
+    return model.eval()
+
+
+PROMPTS = ["47+8=", "make 6 from 1 4 2:", "use cat sun:", "viban colour? pink red navy grey:"]
+
+
+def test_group_size_detection():
+    assert group_size_of(["a", "a", "b", "b"]) == 2
+    assert group_size_of(["a", "b", "a", "b"]) == 1
+    assert group_size_of(["a"] * 8) == 8
+    assert group_size_of(["a", "b", "c"]) == 1
+
+
+def test_greedy_equals_model_generate(model, tokenizer):
+    rollout = HFRollout(tokenizer).generate(model, PROMPTS, max_new_tokens=10, greedy=True)
+    encoded = tokenizer(
+        [tokenizer.bos_token + p for p in PROMPTS],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
+    reference = model.generate(
+        **encoded,
+        max_new_tokens=10,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    expected = tokenizer.batch_decode(
+        reference[:, encoded.input_ids.shape[1] :], skip_special_tokens=True
+    )
+    assert rollout.completions == expected
+
+
+def test_sampling_logprobs_match_a_full_forward(model, tokenizer):
+    """Cache repetition and row compaction must not change what the model computes."""
+    prompts = [p for p in PROMPTS for _ in range(4)]
+    generator = torch.Generator().manual_seed(0)
+    rollout = HFRollout(tokenizer).generate(model, prompts, max_new_tokens=12, generator=generator)
+    lengths = rollout.completion_mask.sum(-1)
+    assert lengths.min() < lengths.max(), "completions should end at different lengths"
+    positions = (rollout.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(
+            input_ids=rollout.sequences,
+            attention_mask=rollout.attention_mask,
+            position_ids=positions,
+        ).logits
+    start = rollout.prompt_length
+    log_p = torch.log_softmax(logits[:, start - 1 : -1], dim=-1)
+    recomputed = (
+        log_p.gather(-1, rollout.sequences[:, start:, None]).squeeze(-1) * rollout.completion_mask
+    )
+    assert torch.allclose(
+        recomputed, rollout.sampling_logprobs * rollout.completion_mask, atol=1e-4
+    )
+    entropy = -(log_p.exp() * log_p).sum(-1) * rollout.completion_mask
+    assert torch.allclose(entropy, rollout.token_entropy * rollout.completion_mask, atol=1e-4)
+    # every completion ends with EOS or fills the budget; nothing is generated after EOS
+    eos = tokenizer.eos_token_id
+    for row, n in zip(rollout.sequences[:, start:], lengths.long(), strict=True):
+        assert n == 12 or row[n - 1] == eos
+        assert (row[n:] == tokenizer.pad_token_id).all()
+
+
+def test_same_generator_seed_same_samples(model, tokenizer):
+    backend = HFRollout(tokenizer)
+    first = backend.generate(
+        model, PROMPTS * 2, max_new_tokens=8, generator=torch.Generator().manual_seed(5)
+    )
+    second = backend.generate(
+        model, PROMPTS * 2, max_new_tokens=8, generator=torch.Generator().manual_seed(5)
+    )
+    assert first.completions == second.completions
