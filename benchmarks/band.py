@@ -1,0 +1,44 @@
+"""Measure the band of a track: base score, chance level and single-task RL gain per task.
+
+    python benchmarks/band.py [--track tiny] [--seeds 0,1] [--steps N]
+
+Prints JSON (one row per task). The README's band table comes from this script.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from ctbench.calibration import BAND_HIGH, BAND_LOW, MIN_GAIN, measure_band
+from ctbench.track import load_track
+
+
+@click.command()
+@click.option("--track", default="tiny")
+@click.option("--seeds", default="0", help="Comma-separated RL seeds.")
+@click.option(
+    "--steps", type=int, default=None, help="RL steps (default: the track's per-task budget)."
+)
+def main(track: str, seeds: str, steps: int | None) -> None:
+    started = time.perf_counter()
+    the_track = load_track(track)
+    rows = measure_band(the_track, [int(s) for s in seeds.split(",")], steps)
+    report = {
+        "track": track,
+        "track_hash": the_track.content_hash(),
+        "band": {"low": BAND_LOW, "high": BAND_HIGH, "min_gain": MIN_GAIN},
+        "steps": steps or the_track.spec.steps_per_task,
+        "tasks": [r.to_json() for r in rows],
+        "all_in_band": all(r.in_band for r in rows),
+        "wall_s": time.perf_counter() - started,
+    }
+    json.dump(report, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Measuring the *band*: is every task of a track weak-but-learnable for its base model?
+
+A task is in the band when the base model's chance-normalised eval score is in
+[0.20, 0.60] and one single-task RL stage of the track's per-task budget raises it by at
+least 0.10. Outside the band a schedule comparison measures nothing on that task: a
+hopeless task gives RL no reward signal, a saturated one has no room to move or forget.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from ctbench.base import load_base, normalised
+from ctbench.compute import ComputeMeter
+from ctbench.engine import Engine
+from ctbench.evaluate import Evaluator
+from ctbench.rewards import build_reward, chance_level
+from ctbench.rollout import HFRollout
+from ctbench.run import derived_seed
+from ctbench.track import Track
+
+BAND_LOW, BAND_HIGH, MIN_GAIN = 0.20, 0.60, 0.10
+
+
+@dataclass(frozen=True)
+class BandRow:
+    task: str
+    chance: float
+    base: float
+    after_rl: list[float]
+    base_token_entropy: float
+    after_token_entropy: list[float]
+    base_sequence_entropy: float
+    after_sequence_entropy: list[float]
+
+    @property
+    def gain(self) -> float:
+        return sum(self.after_rl) / len(self.after_rl) - self.base
+
+    @property
+    def in_band(self) -> bool:
+        return BAND_LOW <= self.base <= BAND_HIGH and self.gain >= MIN_GAIN
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "chance": self.chance,
+            "base_normalised": self.base,
+            "after_rl_normalised": self.after_rl,
+            "gain": self.gain,
+            "in_band": self.in_band,
+            "token_entropy": {
+                "base": self.base_token_entropy,
+                "after_rl": self.after_token_entropy,
+            },
+            "sequence_entropy": {
+                "base": self.base_sequence_entropy,
+                "after_rl": self.after_sequence_entropy,
+            },
+        }
+
+
+def measure_band(track: Track, seeds: list[int], steps: int | None = None) -> list[BandRow]:
+    """Base scores, and the gain of a single-task RL stage per task and seed."""
+    base_model, tokenizer, _ = load_base(track)
+    steps = steps or track.spec.steps_per_task
+    rewards = {n: build_reward(t) for n, t in track.tasks.items()}
+    rollout = HFRollout(tokenizer)
+    meter = ComputeMeter()
+    evaluator = Evaluator(
+        track.tasks,
+        rewards,
+        rollout,
+        meter,
+        entropy_prompts=track.spec.eval.entropy_prompts,
+        entropy_samples=track.spec.eval.entropy_samples,
+    )
+    base_eval = evaluator.evaluate(base_model, derived_seed(0, 0, 1))
+    rows = []
+    for task_index, (name, task) in enumerate(track.tasks.items()):
+        chance = chance_level(task)
+        after, token_h, seq_h = [], [], []
+        for seed in seeds:
+            model = copy.deepcopy(base_model)
+            engine = Engine(
+                model,
+                tokenizer,
+                track.tasks,
+                rewards,
+                rollout,
+                rl=track.spec.rl,
+                sft=track.spec.sft,
+                meter=meter,
+            )
+            engine.train_stage({name: 1.0}, "rl", steps, derived_seed(seed, 1, task_index))
+            result = evaluator.evaluate_task(model, task, derived_seed(seed, 1, 1))
+            after.append(normalised(result.score, chance))
+            token_h.append(result.token_entropy)
+            seq_h.append(result.sequence_entropy)
+        rows.append(
+            BandRow(
+                task=name,
+                chance=chance,
+                base=normalised(base_eval[name].score, chance),
+                after_rl=after,
+                base_token_entropy=base_eval[name].token_entropy,
+                after_token_entropy=token_h,
+                base_sequence_entropy=base_eval[name].sequence_entropy,
+                after_sequence_entropy=seq_h,
+            )
+        )
+    return rows

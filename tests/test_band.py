@@ -1,0 +1,64 @@
+"""The tiny track's base model is weak but not hopeless on every task (the band's base half).
+
+The RL half (a single-task stage gains >= 0.10) takes minutes, so it is measured by
+``benchmarks/band.py`` and reported in the README rather than re-run here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ctbench.base import load_base, normalised, shipped_checkpoint_dir
+from ctbench.calibration import BAND_HIGH, BAND_LOW
+from ctbench.compute import ComputeMeter
+from ctbench.evaluate import Evaluator
+from ctbench.rewards import build_reward, chance_level
+from ctbench.rollout import HFRollout
+
+
+def test_shipped_base_matches_the_track_recipe(tiny_track):
+    assert shipped_checkpoint_dir(tiny_track) is not None, (
+        "the shipped tiny base was built by another recipe or task set; rebuild it with "
+        "`ctbench base --rebuild` and copy it to tasks/tracks/tiny-base"
+    )
+
+
+def test_every_tiny_task_starts_inside_the_band(tiny_track):
+    model, tokenizer, _ = load_base(tiny_track)
+    rewards = {n: build_reward(t) for n, t in tiny_track.tasks.items()}
+    evaluator = Evaluator(tiny_track.tasks, rewards, HFRollout(tokenizer), ComputeMeter())
+    for name, task in tiny_track.tasks.items():
+        score = evaluator.evaluate_task(model, task, seed=0).score
+        assert BAND_LOW <= normalised(score, chance_level(task)) <= BAND_HIGH, name
+
+
+def test_base_builder_runs_and_caches(tmp_path, monkeypatch):
+    """The reproducible build path, on a short recipe: same seed → identical weights."""
+    import shutil
+
+    from ctbench.base import ensure_base_checkpoint
+    from ctbench.resources import data_root
+    from ctbench.track import load_track
+
+    shutil.copytree(data_root() / "tasks", tmp_path / "tasks")
+    track_file = tmp_path / "tasks" / "tracks" / "tiny.yaml"
+    text = (
+        track_file.read_text()
+        .replace("max_steps: 3000", "max_steps: 6")
+        .replace("check_every: 50", "check_every: 3")
+    )
+    track_file.write_text(text.replace("dev_items: 128", "dev_items: 8"))
+    monkeypatch.setenv("CTBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CTBENCH_CACHE", str(tmp_path / "cache"))
+    track = load_track("tiny")
+    assert shipped_checkpoint_dir(track) is None  # the recipe changed: the shipped base is not used
+    seen = []
+    first = ensure_base_checkpoint(track, lambda step, total, dev: seen.append(step))
+    assert seen == [3, 6] and (first / "model.safetensors").exists()
+    assert ensure_base_checkpoint(track, lambda *a: pytest.fail("rebuilt a cached base")) == first
+    from safetensors.torch import load_file
+
+    weights = load_file(first / "model.safetensors")
+    rebuilt = ensure_base_checkpoint(track, None, rebuild=True)
+    again = load_file(rebuilt / "model.safetensors")
+    assert all((weights[k] == again[k]).all() for k in weights)
