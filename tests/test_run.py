@@ -1,0 +1,196 @@
+"""``ctbench run`` end to end on the tiny track with a small budget: the real model, the real
+sandbox, real files. Determinism, resume after an interruption, budget refusal, clean errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctbench.errors import UserError
+from ctbench.run import Run, RunConfig, SilentObserver
+from ctbench.strategy import BudgetExceeded
+
+BUDGET = 8
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAt(SilentObserver):
+    """Raises in the middle of a given stage, like a Ctrl-C or a killed job."""
+
+    def __init__(self, stage: int, step: int) -> None:
+        self.stage, self.step, self.current = stage, step, 0
+
+    def stage_started(self, index, stage) -> None:
+        self.current = index
+
+    def step_done(self, log) -> None:
+        if self.current == self.stage and log.step == self.step:
+            raise Interrupt()
+
+
+def deterministic_part(result: dict) -> dict:
+    """Everything except wall-clock times, timestamps, the run id and the environment."""
+    out = copy.deepcopy(result)
+    for key in ("run_id", "timestamps", "env"):
+        out.pop(key)
+    for phase in out["compute"].values():
+        phase.pop("wall_s")
+    return out
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("runs")
+    run = Run.create(RunConfig(strategy="random", seed=3, budget=BUDGET), out, SilentObserver())
+    return run.execute() | {"_dir": str(run.dir)}
+
+
+def test_result_has_the_promised_fields(first_run):
+    result = first_run
+    assert result["schema_version"] == 1
+    assert result["tasks"] == ["math", "code", "qa", "creative"]
+    assert len(result["matrix"]["R"]) == 5  # base + 4 single-task stages
+    assert [s["steps"] for s in result["stages"]] == [2, 2, 2, 2]
+    assert sorted(s["tasks"][0] for s in result["stages"]) == sorted(result["tasks"])
+    assert all(len(s["trace"]["reward"]) == 2 for s in result["stages"])
+    assert result["compute"]["train"]["optimizer_steps"] == BUDGET
+    assert result["compute"]["train"]["generated_tokens"] > 0
+    assert result["compute"]["eval"]["samples"] > 0
+    assert result["budget"] == {"steps": BUDGET, "spent_steps": BUDGET}
+    assert result["task_info"]["qa"]["chance"] == pytest.approx(0.25)
+    for key in ("acc", "bwt", "fwt", "forgetting", "learning_accuracy"):
+        assert key in result["metrics"]
+    assert result["metrics"]["acc"] == pytest.approx(sum(result["matrix"]["R"][-1]) / 4)
+    assert len(result["entropy"]["token"]) == 5 and len(result["entropy"]["sequence"][0]) == 4
+    assert result["env"]["packages"]["torch"]
+    run_dir = Path(result["_dir"])
+    samples = sorted(p.name for p in (run_dir / "samples").iterdir())
+    assert len(samples) == 5 * 4 and samples[0] == "stage-00-code.jsonl"
+    first = json.loads((run_dir / "samples" / "stage-00-math.jsonl").read_text().splitlines()[0])
+    assert {"prompt_hash", "prompt", "completions", "scores", "score"} <= set(first)
+    assert not (run_dir / "checkpoint").exists()  # intermediate state is cleaned up
+
+
+def test_same_seed_gives_identical_numbers(first_run, tmp_path):
+    again = Run.create(
+        RunConfig(strategy="random", seed=3, budget=BUDGET), tmp_path, SilentObserver()
+    ).execute()
+    assert deterministic_part(again) == deterministic_part(
+        {k: v for k, v in first_run.items() if k != "_dir"}
+    )
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(first_run, tmp_path):
+    run = Run.create(
+        RunConfig(strategy="random", seed=3, budget=BUDGET), tmp_path, InterruptAt(stage=3, step=1)
+    )
+    with pytest.raises(Interrupt):
+        run.execute()
+    state = json.loads((run.dir / "state.json").read_text())
+    assert len(state["stages"]) == 2 and not (run.dir / "result.json").exists()
+    resumed = Run.resume(run.dir, SilentObserver()).execute()
+    expected = deterministic_part({k: v for k, v in first_run.items() if k != "_dir"})
+    assert deterministic_part(resumed) == expected
+
+
+def test_joint_has_undefined_bwt_with_reason(tmp_path):
+    result = Run.create(
+        RunConfig(strategy="joint", seed=0, budget=2), tmp_path, SilentObserver()
+    ).execute()
+    assert len(result["stages"]) == 1 and result["stages"][0]["tasks"] == sorted(result["tasks"])
+    assert (
+        result["metrics"]["bwt"] is None
+        and "before the final stage" in result["metrics"]["bwt_reason"]
+    )
+
+
+def test_budget_overrun_is_refused(tmp_path):
+    greedy = tmp_path / "greedy.py"
+    greedy.write_text(
+        "from ctbench.strategy import Stage, Strategy\n"
+        "class Greedy(Strategy):\n"
+        "    name = 'greedy'\n"
+        "    def schedule(self, ctx):\n"
+        "        yield Stage(mixture={'math': 1.0}, steps=ctx.budget + 1)\n"
+    )
+    run = Run.create(
+        RunConfig(strategy=f"{greedy}:Greedy", budget=3), tmp_path / "out", SilentObserver()
+    )
+    with pytest.raises(
+        BudgetExceeded, match="asks for 4 steps but only 3 of the budget of 3 remain"
+    ):
+        run.execute()
+    assert not (run.dir / "result.json").exists()
+
+
+def test_budget_too_small_for_random(tmp_path):
+    run = Run.create(RunConfig(strategy="random", budget=3), tmp_path, SilentObserver())
+    with pytest.raises(UserError, match="cannot give each of 4 tasks a stage"):
+        run.execute()
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "ctbench", *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--strategy", "nope"], "unknown strategy 'nope'; known:"),
+        (["run", "--track", "nope"], "unknown track 'nope'"),
+        (["run", "--budget", "0"], "--budget: expected a positive number of steps, got 0"),
+        (["run", "--strategy", "missing.py:Cls"], "strategy file 'missing.py' does not exist"),
+        (["run", "--param", "oops"], "--param: expected key=value"),
+        (["run", "--param", "x=1"], "unknown parameter 'x'"),
+        (["run", "--resume", "no/such/dir"], "no such run folder"),
+    ],
+)
+def test_cli_bad_input_exits_2_without_traceback_or_files(tmp_path, args, message):
+    proc = cli(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cli_unwritable_out_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = cli("run", "--out", str(blocker / "sub"), cwd=tmp_path)
+    assert (
+        proc.returncode == 2
+        and "cannot write there" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+
+
+def test_cli_malformed_track_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    proc = cli("run", "--track", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2 and f"{bad}: malformed YAML" in " ".join(proc.stderr.split())
+
+
+def test_cli_lists_tasks_and_strategies(tmp_path):
+    tasks = cli("tasks", cwd=tmp_path)
+    assert tasks.returncode == 0 and all(
+        n in tasks.stdout for n in ("math", "code", "qa", "creative")
+    )
+    strategies = cli("strategies", cwd=tmp_path)
+    assert (
+        strategies.returncode == 0
+        and "joint" in strategies.stdout
+        and "random" in strategies.stdout
+    )
