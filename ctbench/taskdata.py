@@ -50,7 +50,9 @@ class Task:
         digest = hashlib.sha256(self.spec.content_hash().encode())
         for split, items in (("train", self.train), ("eval", self.eval)):
             for item in items:
-                digest.update(f"{split}\0{item.prompt}\0{item.answer}\0{item.demonstration}\0".encode())
+                digest.update(
+                    f"{split}\0{item.prompt}\0{item.answer}\0{item.demonstration}\0".encode()
+                )
                 digest.update(b"1" if item.pretrain else b"0")
         return digest.hexdigest()[:16]
 
