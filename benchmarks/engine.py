@@ -30,8 +30,9 @@ Why it is fair
   re-running ``train(max_steps=1)``: the first would skip parts of the Trainer loop that a
   user pays for, the second would add per-``train()`` set-up that a real run pays once.
 * Same length: a fresh model rarely, but sometimes, samples EOS, and an early EOS changes
-  how many tokens are generated and trained. Both models get the same forward hook on their
-  output layer that sets the EOS logit to a large negative number, so every completion is
+  how many tokens are generated and trained. Both sides forbid EOS before the 12th token
+  with ``min_new_tokens`` (ctbench's rollout argument; TRL's ``generation_kwargs``, passed
+  to ``GenerationConfig``), so every completion is
   exactly 12 tokens on both sides; the JSON reports the measured mean completion length of
   each side to show it.
 * Same prompts: TRL's dataset prompts carry the tokenizer's ``<bos>`` text, so TRL's
@@ -103,7 +104,6 @@ NEW_TOKENS = 12
 LEARNING_RATE = 4e-4
 BETA = 0.0
 SEED = 0
-EOS_LOGIT = -1e9  # finite, so log-softmax and entropies stay finite
 
 
 def log(message: str) -> None:
@@ -111,25 +111,11 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- shared set-up
-def suppress_token(model: PreTrainedModel, token_id: int) -> None:
-    """Make ``token_id`` (EOS) unsampleable: same hook on both models, in every forward."""
-
-    def hook(_module: torch.nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
-        index = torch.tensor([token_id], device=output.device)
-        return output.index_fill(-1, index, EOS_LOGIT)
-
-    head = model.get_output_embeddings()
-    if head is None:
-        raise RuntimeError("the model has no output embedding layer to hook")
-    head.register_forward_hook(hook)
-
-
 def fresh_model(track: Track, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     spec = track.spec.model.tiny
     if spec is None:
         raise RuntimeError(f"track {TRACK!r} has no tiny model")
     model = build_tiny_model(spec, len(tokenizer), seed=SEED)
-    suppress_token(model, int(tokenizer.eos_token_id))
     model.train()
     return model
 
@@ -179,6 +165,7 @@ class TimedRollout:
             temperature=temperature,
             greedy=greedy,
             generator=generator,
+            min_new_tokens=NEW_TOKENS,
         )
         seconds = time.perf_counter() - start
         self.calls.append(RolloutCall(seconds, rollout.generated_tokens, len(prompts)))
@@ -382,6 +369,7 @@ def run_alternating_with_trl(
         gradient_accumulation_steps=1,
         num_iterations=1,
         max_completion_length=NEW_TOKENS,
+        generation_kwargs={"min_new_tokens": NEW_TOKENS},
         temperature=1.0,
         beta=BETA,
         learning_rate=LEARNING_RATE,
@@ -547,7 +535,7 @@ def run(steps: int, warmup: int) -> dict[str, Any]:
             "group_size": GROUP_SIZE,
             "completions_per_step": PROMPTS_PER_STEP * GROUP_SIZE,
             "max_new_tokens": NEW_TOKENS,
-            "eos_suppressed": True,
+            "min_new_tokens": NEW_TOKENS,
             "beta": BETA,
             "learning_rate": LEARNING_RATE,
             "model_parameters": sum(p.numel() for p in ctbench.model.parameters()),

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ctbench import fastllama
 from ctbench.compute import ComputeMeter
 from ctbench.losses import (
     Aggregation,
@@ -112,11 +113,19 @@ class Engine:
         sequences: torch.Tensor,
         attention_mask: torch.Tensor,
         start: int,
+        group: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and entropies of tokens ``start..`` given their prefixes.
 
-        Only the positions that predict those tokens go through the output layer
-        (``logits_to_keep``): the prompt's own next-token logits are never used."""
+        With ``group`` > 1 consecutive rows sharing a prompt, plain Llama models compute the
+        prompt once per group (:func:`fastllama.grouped_completion_logits`: the same
+        arithmetic minus the duplicates). Otherwise the model's own forward runs, and only
+        positions that predict completion tokens go through the output layer."""
+        if group > 1 and fastllama.supports(model):
+            logits = fastllama.grouped_completion_logits(
+                model, sequences, attention_mask, start, group
+            )
+            return token_logprobs(logits, sequences[:, start:])
         keep = sequences.shape[1] - start + 1
         logits = model(
             input_ids=sequences,
@@ -159,14 +168,14 @@ class Engine:
 
         start = rollout.prompt_length
         logp, entropy = self.completion_logprobs(
-            self.model, rollout.sequences, rollout.attention_mask, start
+            self.model, rollout.sequences, rollout.attention_mask, start, group
         )
         mask = rollout.completion_mask
         ref_logp = None
         if self.rl.beta > 0.0:
             with torch.no_grad():
                 ref_logp, _ = self.completion_logprobs(
-                    self.reference, rollout.sequences, rollout.attention_mask, start
+                    self.reference, rollout.sequences, rollout.attention_mask, start, group
                 )
         # One update per batch (on-policy): old log-probs are the current ones, detached, so
         # the ratio starts at 1 exactly as in TRL/verl with a single PPO epoch.

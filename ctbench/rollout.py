@@ -17,6 +17,8 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from ctbench import fastllama
+
 
 @dataclass
 class Rollout:
@@ -49,6 +51,7 @@ class RolloutBackend(Protocol):
         temperature: float,
         greedy: bool,
         generator: torch.Generator | None,
+        min_new_tokens: int = 0,
     ) -> Rollout: ...
 
 
@@ -63,13 +66,14 @@ def encode_prompts(
     encoded = dict(
         zip(unique, tokenizer(unique, add_special_tokens=False)["input_ids"], strict=True)
     )
-    rows = [bos + encoded[p] for p in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
+    width = len(bos) + max(len(ids) for ids in encoded.values())
+    padded = {
+        p: [tokenizer.pad_token_id] * (width - len(bos) - len(ids)) + bos + ids
+        for p, ids in encoded.items()
+    }
+    ids = torch.tensor([padded[p] for p in prompts], dtype=torch.long)
+    lengths = torch.tensor([len(bos) + len(encoded[p]) for p in prompts])
+    mask = (torch.arange(width)[None, :] >= (width - lengths)[:, None]).long()
     return ids.to(device), mask.to(device)
 
 
@@ -83,17 +87,67 @@ def group_size_of(prompts: list[str]) -> int:
     return 1
 
 
+class HFCacheDecoder:
+    """Decoding through the model's own forward and a ``DynamicCache`` (any architecture)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.cache = DynamicCache()
+        self.mask = torch.zeros(0)
+
+    def prefill(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        self.mask = attention_mask
+        output = self.model(
+            input_ids=ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1, :]
+
+    def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones((len(token), 1), dtype=self.mask.dtype, device=self.mask.device)
+        self.mask = torch.cat([self.mask, ones], dim=1)
+        output = self.model(
+            input_ids=token[:, None],
+            attention_mask=self.mask,
+            position_ids=position,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return output.logits[:, -1, :]
+
+    def repeat_interleave(self, repeats: int) -> None:
+        self.cache.batch_repeat_interleave(repeats)
+        self.mask = self.mask.repeat_interleave(repeats, dim=0)
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+
+
 class HFRollout:
-    """Batched sampling with the model's KV cache.
+    """Batched sampling from a Hugging Face causal LM with a KV cache.
 
     Two exact savings over a plain loop: a prompt repeated G times (a GRPO group) is
     pre-filled once and its cache repeated; rows that have emitted EOS leave the decoding
-    batch (``batch_select_indices``), so a batch mixing 4-token and 24-token answers does not
-    pay for the long ones on every row.
+    batch, so a batch mixing 4-token and 24-token answers does not pay for the long ones on
+    every row. For plain Llama models the decoding runs through :mod:`ctbench.fastllama`
+    (same arithmetic, far less per-call overhead); ``fast=False`` forces the generic path.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, fast: bool = True) -> None:
         self.tokenizer = tokenizer
+        self.fast = fast
+
+    def _decoder(self, model: PreTrainedModel, rows: int, capacity: int):
+        if self.fast and fastllama.supports(model):
+            return fastllama.LlamaDecoder(model, rows, capacity)
+        return HFCacheDecoder(model)
 
     @torch.no_grad()
     def generate(
@@ -105,75 +159,62 @@ class HFRollout:
         temperature: float = 1.0,
         greedy: bool = False,
         generator: torch.Generator | None = None,
+        min_new_tokens: int = 0,
     ) -> Rollout:
+        """Complete every prompt; ``min_new_tokens`` forbids EOS before that many tokens
+        (as in ``GenerationConfig``), e.g. to make benchmark batches a fixed length."""
         device = next(model.parameters()).device
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
         n, prompt_length = prompt_ids.shape
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
         group = group_size_of(prompts)
-        cache = DynamicCache()
         was_training = model.training
         model.eval()
         firsts = slice(None, None, group)
-        output = model(
-            input_ids=prompt_ids[firsts],
-            attention_mask=prompt_mask[firsts],
-            position_ids=positions[firsts],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = output.logits[:, -1, :].float()
+        decoder = self._decoder(model, n // group, prompt_length + max_new_tokens)
+        logits = decoder.prefill(prompt_ids[firsts], prompt_mask[firsts], positions[firsts]).float()
         if group > 1:
-            cache.batch_repeat_interleave(group)
+            decoder.repeat_interleave(group)
             logits = logits.repeat_interleave(group, dim=0)
 
         tokens = torch.full((n, max_new_tokens), pad, dtype=torch.long, device=device)
         logprobs = torch.zeros((n, max_new_tokens), device=device)
         entropies = torch.zeros((n, max_new_tokens), device=device)
         completion_mask = torch.zeros((n, max_new_tokens), device=device)
-        active = torch.arange(n, device=device)  # rows still generating
-        mask = prompt_mask
+        active = torch.arange(n, device=device)  # rows still in the decoding batch
+        alive = torch.ones(n, dtype=torch.bool, device=device)  # of those, rows before their EOS
         next_position = positions[:, -1:] + 1
         steps_taken = 0
         for step in range(max_new_tokens):
+            if step < min_new_tokens:
+                logits[:, eos] = float("-inf")
             log_p = torch.log_softmax(logits / (1.0 if greedy else temperature), dim=-1)
             if greedy:
                 token = logits.argmax(dim=-1)
             else:
                 token = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(-1)
-            tokens[active, step] = token
-            logprobs[active, step] = log_p.gather(-1, token[:, None]).squeeze(-1)
-            entropies[active, step] = -(log_p.exp() * log_p).sum(-1)
-            completion_mask[active, step] = 1.0
+            token = torch.where(alive, token, torch.full_like(token, pad))
+            rows = active[alive]
+            tokens[rows, step] = token[alive]
+            logprobs[rows, step] = log_p[alive].gather(-1, token[alive, None]).squeeze(-1)
+            entropies[rows, step] = -(log_p[alive].exp() * log_p[alive]).sum(-1)
+            completion_mask[rows, step] = 1.0
             steps_taken = step + 1
-            going = token != eos
-            if not going.any() or step + 1 == max_new_tokens:
+            alive = alive & (token != eos)
+            if not alive.any() or step + 1 == max_new_tokens:
                 break
-            if not going.all():
-                keep = going.nonzero().squeeze(-1)
-                cache.batch_select_indices(keep)
-                active, token, mask, next_position = (
+            # Compacting copies the whole KV cache: worth it once a quarter of the rows is done.
+            if int(alive.sum()) <= 0.75 * len(alive):
+                keep = alive.nonzero().squeeze(-1)
+                decoder.select(keep)
+                active, token, next_position, alive = (
                     active[keep],
                     token[keep],
-                    mask[keep],
                     next_position[keep],
+                    alive[keep],
                 )
-            mask = torch.cat(
-                [mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1
-            )
-            logits = (
-                model(
-                    input_ids=token[:, None],
-                    attention_mask=mask,
-                    position_ids=next_position,
-                    past_key_values=cache,
-                    use_cache=True,
-                )
-                .logits[:, -1, :]
-                .float()
-            )
+            logits = decoder.step(token, next_position).float()
             next_position = next_position + 1
         model.train(was_training)
         tokens, completion_mask = tokens[:, :steps_taken], completion_mask[:, :steps_taken]

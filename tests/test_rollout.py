@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ctbench import fastllama
 from ctbench.model import TinyModelSpec, build_tiny_model
 from ctbench.rollout import HFRollout, group_size_of
 from ctbench.tokenizer import build_char_tokenizer
@@ -15,8 +16,19 @@ def tokenizer():
     return build_char_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer):
+@pytest.fixture(
+    scope="module", params=["lean path (shipped base)", "generic HF path (hooked model)"]
+)
+def model(request, tokenizer, tiny_track):
+    """Both decoding paths: the trained base (lean Llama path) ends answers at varied
+    lengths by itself; the random model needs an EOS boost through a hook, which also
+    forces the generic Hugging Face path (the lean path cannot apply hooks)."""
+    if request.param.startswith("lean"):
+        from ctbench.base import load_base
+
+        base, _, _ = load_base(tiny_track)
+        assert fastllama.supports(base)
+        return base.eval()
     model = build_tiny_model(TinyModelSpec(), len(tokenizer), seed=1)
     # Raise the EOS logit so completions end at varied lengths (exercises row compaction).
     eos = tokenizer.eos_token_id
@@ -25,6 +37,7 @@ def model(tokenizer):
             -1, torch.tensor([eos]), torch.full((*out.shape[:-1], 1), 2.5)
         )
     )
+    assert not fastllama.supports(model)
     return model.eval()
 
 
@@ -99,3 +112,61 @@ def test_same_generator_seed_same_samples(model, tokenizer):
         model, PROMPTS * 2, max_new_tokens=8, generator=torch.Generator().manual_seed(5)
     )
     assert first.completions == second.completions
+
+
+def test_lean_and_generic_paths_sample_the_same(tiny_track, tokenizer):
+    from ctbench.base import load_base
+
+    base, _, _ = load_base(tiny_track)
+    prompts = [p for p in PROMPTS for _ in range(8)]
+    outs = [
+        HFRollout(tokenizer, fast=fast).generate(
+            base, prompts, max_new_tokens=16, generator=torch.Generator().manual_seed(3)
+        )
+        for fast in (True, False)
+    ]
+    assert outs[0].completions == outs[1].completions
+    assert torch.allclose(outs[0].sampling_logprobs, outs[1].sampling_logprobs, atol=1e-5)
+
+
+def test_min_new_tokens_forbids_early_eos(model, tokenizer):
+    out = HFRollout(tokenizer).generate(model, PROMPTS, max_new_tokens=9, min_new_tokens=9)
+    assert (out.completion_mask.sum(-1) == 9).all()
+    assert (out.sequences[:, out.prompt_length :] != tokenizer.eos_token_id).all()
+
+
+def test_grouped_training_forward_equals_the_full_forward(tiny_track, tokenizer):
+    """Shared-prefix logits, log-probs and *gradients* match the plain HF forward."""
+    from ctbench.base import load_base
+    from ctbench.engine import sequence_positions
+    from ctbench.losses import token_logprobs
+
+    base, _, _ = load_base(tiny_track)
+    group = 4
+    prompts = [p for p in PROMPTS for _ in range(group)]
+    out = HFRollout(tokenizer).generate(
+        base, prompts, max_new_tokens=12, generator=torch.Generator().manual_seed(1)
+    )
+    start, mask = out.prompt_length, out.completion_mask
+    assert mask.sum(-1).min() < mask.sum(-1).max()  # padded completions are covered
+
+    def loss_and_grads(logits):
+        logp, entropy = token_logprobs(logits, out.sequences[:, start:])
+        loss = -(logp * mask).sum() / mask.sum()
+        base.zero_grad()
+        loss.backward()
+        grads = [p.grad.clone() for p in base.parameters()]
+        return (logp * mask).detach(), (entropy * mask).detach(), grads
+
+    full = base(
+        input_ids=out.sequences,
+        attention_mask=out.attention_mask,
+        position_ids=sequence_positions(out.attention_mask),
+    ).logits[:, start - 1 : -1]
+    grouped = fastllama.grouped_completion_logits(
+        base, out.sequences, out.attention_mask, start, group
+    )
+    a, b = loss_and_grads(full), loss_and_grads(grouped)
+    assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
+    for g_full, g_grouped in zip(a[2], b[2], strict=True):
+        assert torch.allclose(g_full, g_grouped, atol=1e-6, rtol=1e-4)
