@@ -32,7 +32,7 @@ class PretrainSpec:
     row_tokens: int = 64
     check_every: int = 100
     dev_items: int = 64
-    band_low: float = 0.25
+    band_low: float = 0.30
     band_high: float = 0.45
     patience: int = 12  # stop after this many checks without getting closer to the band
     seed: int = 0

@@ -194,3 +194,48 @@ def test_cli_lists_tasks_and_strategies(tmp_path):
         and "joint" in strategies.stdout
         and "random" in strategies.stdout
     )
+
+
+def test_sigkill_mid_run_then_cli_resume_gives_the_same_result(first_run, tmp_path):
+    """A real process killed at an arbitrary point (SIGKILL: no clean-up runs) resumes."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = [
+        "run",
+        "--strategy",
+        "random",
+        "--seed",
+        "3",
+        "--budget",
+        str(BUDGET),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctbench", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    state = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        states = list(out.glob("*/state.json"))
+        if states and len(json.loads(states[0].read_text())["stages"]) >= 2:
+            state = states[0]
+            break
+        time.sleep(0.05)
+    assert state is not None, "the run finished or stalled before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = state.parent
+    assert not (run_dir / "result.json").exists()
+    resumed = cli("run", "--resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    expected = deterministic_part({k: v for k, v in first_run.items() if k != "_dir"})
+    assert deterministic_part(result) == expected
