@@ -38,14 +38,17 @@ def supports(model: PreTrainedModel) -> bool:
 
 
 class _Layer:
-    """One decoder layer's weights, fused where that saves matmul calls."""
+    """One decoder layer's weights, fused where that saves matmul calls. ``detach=False``
+    keeps the fusion inside autograd, so gradients reach the model's own parameters."""
 
-    def __init__(self, layer) -> None:
+    def __init__(self, layer, *, detach: bool = True) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
-        self.o = attn.o_proj.weight.detach()
-        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
-        self.down = mlp.down_proj.weight.detach()
+        qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        self.qkv = qkv.detach() if detach else qkv
+        self.gate_up = gate_up.detach() if detach else gate_up
+        self.o = attn.o_proj.weight.detach() if detach else attn.o_proj.weight
+        self.down = mlp.down_proj.weight.detach() if detach else mlp.down_proj.weight
         self.norm_in = layer.input_layernorm
         self.norm_post = layer.post_attention_layernorm
 
@@ -63,6 +66,27 @@ def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rotated_qkv(layer: _Layer, x, cos, sin, heads: int, kv_heads: int, head_dim: int):
+    """A layer's head: RMSNorm, the fused q/k/v projection, rotary on q and k."""
+    batch, width, _ = x.shape
+    q_size, kv_size = heads * head_dim, kv_heads * head_dim
+    q, k, v = F.linear(_rms_norm(x, layer.norm_in), layer.qkv).split(
+        [q_size, kv_size, kv_size], dim=-1
+    )
+    q = q.view(batch, width, heads, head_dim).transpose(1, 2)
+    k = k.view(batch, width, kv_heads, head_dim).transpose(1, 2)
+    v = v.view(batch, width, kv_heads, head_dim).transpose(1, 2)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
+def _layer_output(layer: _Layer, x, attended):
+    """A layer's tail: output projection and residual, then the SiLU MLP and residual."""
+    batch, width, _ = x.shape
+    x = x + F.linear(attended.transpose(1, 2).reshape(batch, width, -1), layer.o)
+    gate, up = F.linear(_rms_norm(x, layer.norm_post), layer.gate_up).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, layer.down)
 
 
 class LlamaDecoder:
@@ -99,19 +123,12 @@ class LlamaDecoder:
     ) -> torch.Tensor:
         """Run ``ids`` [B, S] whose K/V go to columns ``length .. length+S``; ``mask`` is the
         boolean [B, 1, S, length+S] attention pattern. Returns the last position's logits."""
-        batch, width = ids.shape
+        width = ids.shape[1]
         start, end = self.length, self.length + width
         cos, sin = self._rotary(positions)
         x = F.embedding(ids, self.embed)
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         for index, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.norm_in)
-            q, k, v = F.linear(h, layer.qkv).split([q_size, kv_size, kv_size], dim=-1)
-            q = q.view(batch, width, self.heads, self.head_dim).transpose(1, 2)
-            k = k.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = v.view(batch, width, self.kv_heads, self.head_dim).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k, v = _rotated_qkv(layer, x, cos, sin, self.heads, self.kv_heads, self.head_dim)
             self.keys[index][:, :, start:end] = k
             self.values[index][:, :, start:end] = v
             keys, values = self.keys[index][:, :, :end], self.values[index][:, :, :end]
@@ -130,9 +147,7 @@ class LlamaDecoder:
                     scale=self.scale,
                     enable_gqa=self.kv_heads != self.heads,
                 )
-            x = x + F.linear(attended.transpose(1, 2).reshape(batch, width, -1), layer.o)
-            gate, up = F.linear(_rms_norm(x, layer.norm_post), layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
+            x = _layer_output(layer, x, attended)
         self.length = end
         return F.linear(_rms_norm(x[:, -1], self.final_norm), self.lm_head)
 
@@ -167,15 +182,7 @@ class LlamaDecoder:
 
 def _attention_block(layer: _Layer, x, cos, sin, heads, kv_heads, head_dim, scale, past_kv, mask):
     """One decoder layer with autograd: returns the new hidden states and this chunk's K/V."""
-    batch, width, _ = x.shape
-    q_size, kv_size = heads * head_dim, kv_heads * head_dim
-    h = _rms_norm(x, layer.norm_in)
-    q, k, v = F.linear(h, layer.qkv).split([q_size, kv_size, kv_size], dim=-1)
-    q = q.view(batch, width, heads, head_dim).transpose(1, 2)
-    k = k.view(batch, width, kv_heads, head_dim).transpose(1, 2)
-    v = v.view(batch, width, kv_heads, head_dim).transpose(1, 2)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    q, k, v = _rotated_qkv(layer, x, cos, sin, heads, kv_heads, head_dim)
     keys, values = (
         (k, v)
         if past_kv is None
@@ -184,9 +191,7 @@ def _attention_block(layer: _Layer, x, cos, sin, heads, kv_heads, head_dim, scal
     attended = F.scaled_dot_product_attention(
         q, keys, values, attn_mask=mask, scale=scale, enable_gqa=kv_heads != heads
     )
-    x = x + F.linear(attended.transpose(1, 2).reshape(batch, width, -1), layer.o)
-    gate, up = F.linear(_rms_norm(x, layer.norm_post), layer.gate_up).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, layer.down), (k, v)
+    return _layer_output(layer, x, attended), (k, v)
 
 
 def grouped_completion_logits(
@@ -209,13 +214,7 @@ def grouped_completion_logits(
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     scale = head_dim**-0.5
-    layers = [_Layer.__new__(_Layer) for _ in model.model.layers]
-    for fused, layer in zip(layers, model.model.layers, strict=True):  # fused *with* autograd
-        attn, mlp = layer.self_attn, layer.mlp
-        fused.qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-        fused.o, fused.down = attn.o_proj.weight, mlp.down_proj.weight
-        fused.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-        fused.norm_in, fused.norm_post = layer.input_layernorm, layer.post_attention_layernorm
+    layers = [_Layer(layer, detach=False) for layer in model.model.layers]
     inv_freq = model.model.rotary_emb.inv_freq.float()
     embed = model.model.embed_tokens.weight
 

@@ -10,6 +10,7 @@ resumed run ends with exactly the numbers of an uninterrupted one on the same CP
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import random
 import shutil
@@ -142,8 +143,6 @@ class Run:
         config_file = run_dir / "config.json"
         if not config_file.exists():
             raise UserError("not a ctbench run folder (no config.json)", where=str(run_dir))
-        import json
-
         try:
             config = RunConfig(**json.loads(config_file.read_text()))
         except (ValueError, TypeError) as exc:
@@ -153,8 +152,6 @@ class Run:
     # ------------------------------------------------------------------------- running
     def execute(self) -> dict[str, Any]:
         if (self.dir / "result.json").exists():
-            import json
-
             self.observer.note(f"{self.dir} is already complete")
             return json.loads((self.dir / "result.json").read_text())
         started = dt.datetime.now(dt.UTC).isoformat()
@@ -259,8 +256,6 @@ class Run:
 
     # ------------------------------------------------------------------- persistence
     def _load_state(self) -> dict[str, Any] | None:
-        import json
-
         if not self.state_path.exists():
             return None
         state = json.loads(self.state_path.read_text())
