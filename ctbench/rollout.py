@@ -186,26 +186,33 @@ class HFRollout:
         alive = torch.ones(n, dtype=torch.bool, device=device)  # of those, rows before their EOS
         next_position = positions[:, -1:] + 1
         steps_taken = 0
+        # Dividing by 1.0 is exact, so skipping it changes no bit.
+        divisor = 1.0 if greedy else temperature
         for step in range(max_new_tokens):
             if step < min_new_tokens:
                 logits[:, eos] = float("-inf")
-            log_p = torch.log_softmax(logits / (1.0 if greedy else temperature), dim=-1)
+            log_p = torch.log_softmax(logits if divisor == 1.0 else logits / divisor, dim=-1)
+            probs = log_p.exp()  # one exp serves both the sampler and the entropy
             if greedy:
                 token = logits.argmax(dim=-1)
             else:
-                token = torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(-1)
-            token = torch.where(alive, token, torch.full_like(token, pad))
-            rows = active[alive]
-            tokens[rows, step] = token[alive]
-            logprobs[rows, step] = log_p[alive].gather(-1, token[alive, None]).squeeze(-1)
-            entropies[rows, step] = -(log_p[alive].exp() * log_p[alive]).sum(-1)
-            completion_mask[rows, step] = 1.0
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = torch.where(alive, token, pad)
+            # Every active row is written (finished rows get pad / 0, the buffers' initial
+            # values), so no boolean indexing and its per-call nonzero() on each step.
+            chosen = log_p.gather(-1, token[:, None]).squeeze(-1)
+            entropy = -(probs * log_p).sum(-1)
+            tokens[active, step] = token
+            logprobs[active, step] = torch.where(alive, chosen, 0.0)
+            entropies[active, step] = torch.where(alive, entropy, 0.0)
+            completion_mask[active, step] = alive.float()
             steps_taken = step + 1
             alive = alive & (token != eos)
-            if not alive.any() or step + 1 == max_new_tokens:
+            remaining = int(alive.sum())  # the loop's one host sync per step
+            if remaining == 0 or step + 1 == max_new_tokens:
                 break
             # Compacting copies the whole KV cache: worth it once a quarter of the rows is done.
-            if int(alive.sum()) <= 0.75 * len(alive):
+            if remaining <= 0.75 * len(alive):
                 keep = alive.nonzero().squeeze(-1)
                 decoder.select(keep)
                 active, token, next_position, alive = (
@@ -218,8 +225,10 @@ class HFRollout:
             next_position = next_position + 1
         model.train(was_training)
         tokens, completion_mask = tokens[:, :steps_taken], completion_mask[:, :steps_taken]
+        # One tolist per tensor instead of a slice, sum and item per row.
+        lengths = completion_mask.sum(-1).long().tolist()
         texts = self.tokenizer.batch_decode(
-            [row[: int(m.sum())].tolist() for row, m in zip(tokens, completion_mask, strict=True)],
+            [row[:length] for row, length in zip(tokens.tolist(), lengths, strict=True)],
             skip_special_tokens=True,
         )
         return Rollout(
