@@ -207,8 +207,9 @@ def grouped_completion_logits(
     ``sequences`` are G consecutive rows per prompt (left-padded prompt, then completion).
     The prompt part runs on one row per group; its keys and values are repeated across the
     group (their gradients sum back through the repeat) and the completions attend to them.
-    The arithmetic is a full forward's minus the (G - 1) duplicate prompt computations: for
-    the tiny track's GRPO batches about a third of the training tokens. Returns [N, T, V]
+    The arithmetic is a full forward's minus the (G - 1) duplicate prompt computations (for
+    the tiny track's GRPO batches about a third of the training tokens) and minus the last
+    completion token, whose output no logit needs. Returns [N, T, V]
     like ``model(...).logits[:, P - 1 : -1]``; gradients reach the model's parameters.
     """
     config = model.config
@@ -234,9 +235,11 @@ def grouped_completion_logits(
     causal_p = torch.ones((prompt_length, prompt_length), dtype=torch.bool, device=device).tril()
     prompt_mask = ((causal_p & prompt_valid[:, None, :]) | eye_p)[:, None]
 
-    completion = sequences[:, prompt_length:]
+    # The last completion token predicts nothing and, being last, is attended to by nothing:
+    # it is left out of the forward (1/T of the completion work, same result).
+    completion = sequences[:, prompt_length:-1]
     width = completion.shape[1]
-    completion_valid = attention_mask[:, prompt_length:].bool()
+    completion_valid = attention_mask[:, prompt_length:-1].bool()
     completion_positions = (
         positions[:, -1:].repeat_interleave(group, 0) + 1 + torch.arange(width, device=device)
     )
@@ -254,12 +257,13 @@ def grouped_completion_logits(
         x_p, (k_p, v_p) = _attention_block(
             layer, x_p, cos_p, sin_p, heads, kv_heads, head_dim, scale, None, prompt_mask
         )
-        shared = (k_p.repeat_interleave(group, 0), v_p.repeat_interleave(group, 0))
-        x_c, _ = _attention_block(
-            layer, x_c, cos_c, sin_c, heads, kv_heads, head_dim, scale, shared, completion_mask
-        )
+        if width > 0:
+            shared = (k_p.repeat_interleave(group, 0), v_p.repeat_interleave(group, 0))
+            x_c, _ = _attention_block(
+                layer, x_c, cos_c, sin_c, heads, kv_heads, head_dim, scale, shared, completion_mask
+            )
     # Position P-1 (the prompt's last token) predicts completion token 0; completion
     # positions 0..T-2 predict tokens 1..T-1.
     last_prompt = x_p[:, -1:].repeat_interleave(group, 0)
-    hidden = torch.cat([last_prompt, x_c[:, :-1]], dim=1)
+    hidden = torch.cat([last_prompt, x_c], dim=1)
     return F.linear(_rms_norm(hidden, model.model.norm), model.lm_head.weight)

@@ -170,3 +170,29 @@ def test_grouped_training_forward_equals_the_full_forward(tiny_track, tokenizer)
     assert torch.allclose(a[0], b[0], atol=1e-5) and torch.allclose(a[1], b[1], atol=1e-5)
     for g_full, g_grouped in zip(a[2], b[2], strict=True):
         assert torch.allclose(g_full, g_grouped, atol=1e-6, rtol=1e-4)
+
+
+def test_grouped_training_forward_with_one_completion_token(tiny_track, tokenizer):
+    """A one-token completion has no completion input to run (only the prompt's last
+    position predicts); the grouped forward still matches the full one."""
+    from ctbench.base import load_base
+    from ctbench.engine import sequence_positions
+
+    base, _, _ = load_base(tiny_track)
+    prompts = [p for p in PROMPTS for _ in range(2)]
+    out = HFRollout(tokenizer).generate(
+        base, prompts, max_new_tokens=1, generator=torch.Generator().manual_seed(2)
+    )
+    start = out.prompt_length
+    assert out.sequences.shape[1] == start + 1
+    with torch.no_grad():
+        full = base(
+            input_ids=out.sequences,
+            attention_mask=out.attention_mask,
+            position_ids=sequence_positions(out.attention_mask),
+        ).logits[:, start - 1 : -1]
+        grouped = fastllama.grouped_completion_logits(
+            base, out.sequences, out.attention_mask, start, 2
+        )
+    assert grouped.shape == full.shape
+    assert torch.allclose(full, grouped, atol=1e-5)
