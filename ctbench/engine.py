@@ -264,8 +264,13 @@ class Engine:
     def new_optimizer(self, lr: float) -> torch.optim.Optimizer:
         """A fresh AdamW per stage: a stage is a training phase of its own, and a fresh
         optimizer makes a stage's outcome depend only on its start checkpoint and seed
-        (which is also what lets an interrupted run resume bit-for-bit)."""
-        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0)
+        (which is also what lets an interrupted run resume bit-for-bit).
+
+        ``foreach=True``: torch picks the per-parameter loop on CPU, one small kernel per
+        parameter and operation; the multi-tensor path does the same arithmetic in fewer
+        calls (bitwise-equal updates, measured) and halves the tiny model's optimizer step.
+        ``fused=True`` would be faster still but rounds differently."""
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, foreach=True)
 
     def train_stage(
         self,
