@@ -9,7 +9,7 @@ from ctbench.strategy import Stage, Strategy, StrategyContext
 
 
 class JointTraining(Strategy):
-    """All tasks mixed uniformly in one RL stage of B steps."""
+    """All tasks mixed uniformly in one RL stage of the whole budget."""
 
     name = "joint"
     version = "1"

@@ -6,8 +6,7 @@ transfer is not what helps.
 
 from collections.abc import Iterator
 
-from ctbench.errors import UserError
-from ctbench.strategy import Stage, Strategy, StrategyContext, split_evenly
+from ctbench.strategy import Stage, Strategy, StrategyContext, require_budget, split_evenly
 
 
 class RandomOrder(Strategy):
@@ -19,10 +18,7 @@ class RandomOrder(Strategy):
     def schedule(self, ctx: StrategyContext) -> Iterator[Stage]:
         order = list(ctx.task_names)
         ctx.rng.shuffle(order)
-        if ctx.budget < len(order):
-            raise UserError(
-                f"a budget of {ctx.budget} steps cannot give each of {len(order)} tasks a stage",
-                where="--budget",
-            )
+        require_budget(ctx, len(order), f"one stage for each of {len(order)} tasks")
+        ctx.report["order"] = order
         for task, steps in zip(order, split_evenly(ctx.budget, len(order)), strict=True):
             yield Stage(mixture={task: 1.0}, steps=steps, objective="rl", name=task)

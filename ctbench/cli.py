@@ -37,10 +37,16 @@ class RichObserver:
     def stage_started(self, index: int, stage) -> None:
         if self.base_bar is not None:
             self.progress.update(self.base_bar, completed=self.progress.tasks[self.base_bar].total)
-        label = f"stage {index} {stage.objective} [{', '.join(stage.tasks)}]"
+        from ctbench.strategy import Merge
+
+        if isinstance(stage, Merge):
+            label = f"{index} merge ({stage.method}) of {', '.join(stage.sources)}"
+        else:
+            kind = "probe" if stage.probe else "branch" if stage.branch else "stage"
+            label = f"{index} {kind} {stage.objective} [{', '.join(stage.tasks)}]"
         if self.step_bar is not None:
             self.progress.remove_task(self.step_bar)
-        self.step_bar = self.progress.add_task(label, total=stage.steps)
+        self.step_bar = self.progress.add_task(label, total=max(stage.steps, 1))
 
     def step_done(self, log) -> None:
         if self.step_bar is not None:
@@ -203,18 +209,24 @@ def tasks(track: str | None) -> None:
 
 @cli.command()
 def strategies() -> None:
-    """List the strategies (baselines) with their parameters."""
-    import inspect
+    """List every strategy: baseline recipes and installed plugins, with their parameters."""
+    from ctbench.plugins import available_strategies
 
-    from ctbench.strategy import builtin_strategies
-
-    table = Table(title="strategies")
-    for column in ("name", "version", "parameters", "description"):
+    table = Table(title="strategies", show_lines=True)
+    for column in ("name", "class", "parameters (recipe values)", "description", "from"):
         table.add_column(column)
-    for name, cls in sorted(builtin_strategies().items()):
-        params = ", ".join(f"{k}={v!r}" for k, v in cls.defaults.items()) or "-"
-        table.add_row(name, cls.version, params, inspect.getdoc(cls) or "")
-    Console().print(table)
+    for resolved in available_strategies():
+        params = {**resolved.cls.defaults, **resolved.params}
+        shown = "\n".join(f"{k}={v!r}" for k, v in params.items()) or "-"
+        origin = resolved.origin.replace(str(Path.cwd()) + "/", "")
+        table.add_row(
+            resolved.name,
+            f"{resolved.cls.__name__} v{resolved.cls.version}",
+            shown,
+            resolved.description,
+            origin,
+        )
+    Console(width=160).print(table)
 
 
 @cli.command()
@@ -271,6 +283,185 @@ def base(track: str, rebuild: bool) -> None:
             else f"differs (max |diff| {diff:.3g}; another CPU or library version)"
         )
         click.echo(f"rebuild vs shipped checkpoint: {verdict}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def print_transfer(transfer, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("probe on ↓ / Δ on →")
+    for task in transfer.tasks:
+        table.add_column(task, justify="right")
+    for task, row in zip(transfer.tasks, transfer.delta, strict=True):
+        table.add_row(task, *(f"{v:+.3f}" for v in row))
+    table.add_row("base", *(f"{v:.3f}" for v in transfer.base), style="dim")
+    table.add_row("a* (own probe)", *(f"{v:.3f}" for v in transfer.single_task_levels))
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--track", default="tiny", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--probe-steps",
+    type=int,
+    default=None,
+    help="RL steps per single-task probe (default: the bwt baseline's, 20% of the budget / n).",
+)
+@click.option("--out", default="runs", show_default=True, type=click.Path(path_type=Path))
+@click.option("--device", default="auto", show_default=True)
+def transfer(track: str, seed: int, probe_steps: int | None, out: Path, device: str) -> None:
+    """Measure and print the transfer matrix Δ of a track (one probe per task)."""
+    from ctbench.transfer import TransferMatrix
+    from ctbench.validation import default_probe_steps, measure_transfer_run
+
+    steps = probe_steps if probe_steps is not None else default_probe_steps(track)
+    if steps <= 0:
+        raise UserError(f"expected a positive number of steps, got {steps}", where="--probe-steps")
+    with _progress() as progress:
+        result = measure_transfer_run(track, seed, steps, out, RichObserver(progress), device)
+    matrix = TransferMatrix.from_json(result["strategy"]["report"]["transfer"])
+    print_transfer(matrix, f"Δ ({track}, seed {seed}, {steps} steps per probe)")
+    click.echo(str(out / result["run_id"] / "result.json"))
+
+
+@cli.command()
+@click.option("--order", required=True, help="Comma-separated task order, e.g. math,code,qa.")
+@click.option(
+    "--transfer",
+    "source",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A transfer or bwt result.json (default: the newest one under --runs).",
+)
+@click.option("--track", default="tiny", show_default=True)
+@click.option("--runs", default="runs", show_default=True, type=click.Path(path_type=Path))
+def predict(order: str, source: Path | None, track: str, runs: Path) -> None:
+    """Print the additive prediction of the final per-task scores for one order."""
+    from ctbench.transfer import best_order, predict_final_scores
+    from ctbench.validation import find_transfer, load_transfer, parse_order
+
+    path = source if source is not None else find_transfer(runs, track)
+    matrix = load_transfer(path)
+    tasks = parse_order(order, matrix)
+    predicted = predict_final_scores(tasks, matrix)
+    table = Table(title=f"predicted final scores for {' > '.join(tasks)}  (Δ from {path})")
+    table.add_column("task")
+    table.add_column("a*", justify="right")
+    table.add_column("transfer from later stages", justify="right")
+    table.add_column("predicted", justify="right")
+    levels = dict(zip(matrix.tasks, matrix.single_task_levels, strict=True))
+    for task in tasks:
+        table.add_row(
+            task,
+            f"{levels[task]:.3f}",
+            f"{predicted[task] - levels[task]:+.3f}",
+            f"{predicted[task]:.3f}",
+        )
+    Console().print(table)
+    best, search = best_order(matrix)
+    best_acc = sum(predict_final_scores(best, matrix).values()) / len(best)
+    click.echo(f"predicted ACC {sum(predicted.values()) / len(tasks):.4f}")
+    click.echo(f"best predicted order ({search}): {','.join(best)}  ACC {best_acc:.4f}")
+
+
+@cli.command("validate-prediction")
+@click.option("--orders", "count", default=6, show_default=True, type=int)
+@click.option("--track", default="tiny", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--transfer",
+    "source",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Use this transfer/bwt result.json instead of measuring Δ first.",
+)
+@click.option("--probe-steps", type=int, default=None, help="When measuring Δ (see transfer).")
+@click.option(
+    "--stage-steps",
+    type=int,
+    default=None,
+    help="Steps per stage of each order (default: the track's steps per task).",
+)
+@click.option("--out", default="runs", show_default=True, type=click.Path(path_type=Path))
+@click.option("--device", default="auto", show_default=True)
+def validate_prediction_command(
+    count: int,
+    track: str,
+    seed: int,
+    source: Path | None,
+    probe_steps: int | None,
+    stage_steps: int | None,
+    out: Path,
+    device: str,
+) -> None:
+    """Run K orders; correlate predicted with measured final scores (Pearson, Spearman)."""
+    from ctbench.track import load_track
+    from ctbench.transfer import TransferMatrix
+    from ctbench.validation import (
+        default_probe_steps,
+        load_transfer,
+        measure_transfer_run,
+        sample_orders,
+        validate_prediction,
+    )
+
+    spec = load_track(track).spec
+    steps = stage_steps if stage_steps is not None else spec.steps_per_task
+    if steps <= 0:
+        raise UserError(f"expected a positive number of steps, got {steps}", where="--stage-steps")
+    sample_orders(spec.task_names, count, seed)  # checks --orders before any work
+    with _progress() as progress:
+        observer = RichObserver(progress)
+        if source is not None:
+            matrix, origin = load_transfer(source), str(source)
+        else:
+            probes = probe_steps if probe_steps is not None else default_probe_steps(track)
+            result = measure_transfer_run(track, seed, probes, out, observer, device)
+            matrix = TransferMatrix.from_json(result["strategy"]["report"]["transfer"])
+            origin = str(out / result["run_id"] / "result.json")
+        report = validate_prediction(
+            track=track,
+            seed=seed,
+            orders=count,
+            transfer=matrix,
+            transfer_source=origin,
+            stage_steps=steps,
+            out=out,
+            observer=observer,
+            device=device,
+        )
+    print_transfer(matrix, f"Δ used ({origin})")
+    table = Table(title=f"predicted vs measured ({len(report['orders'])} orders, seed {seed})")
+    for column in ("order", "predicted ACC", "measured ACC"):
+        table.add_column(column, justify="right" if "ACC" in column else "left")
+    for row in report["orders"]:
+        table.add_row(
+            " > ".join(row["order"]), f"{row['predicted_acc']:.3f}", f"{row['measured_acc']:.3f}"
+        )
+    Console().print(table)
+    for key, label in (
+        ("per_task_final", "per (order, task) final score"),
+        ("per_task_final_centred", "same, each task centred (order effect only)"),
+        ("per_order_acc", "per order ACC"),
+    ):
+        c = report[key]
+        if c["pearson"] is None:
+            click.echo(f"{label}: undefined ({c['reason']}, n={c['n']})")
+        else:
+            click.echo(
+                f"{label}: Pearson {c['pearson']:+.3f} (p={c['pearson_p']:.3g}), "
+                f"Spearman {c['spearman']:+.3f} (p={c['spearman_p']:.3g}), n={c['n']}"
+            )
+    click.echo(report["path"])
 
 
 def main() -> None:

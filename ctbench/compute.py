@@ -1,4 +1,4 @@
-"""Compute accounting by phase (probe / train / eval).
+"""Compute accounting by phase (probe / train / eval / merge).
 
 Strategies are compared at equal compute, and probes count against the budget, so every
 optimizer step, sample and generated token is booked to the phase that spent it.
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-PHASES = ("probe", "train", "eval")
+PHASES = ("probe", "train", "eval", "merge")
 
 
 @dataclass

@@ -14,30 +14,32 @@ step applies the first, an SFT step the second, and a blended step applies
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ctbench import fastllama
 from ctbench.compute import ComputeMeter
+from ctbench.errors import UserError
 from ctbench.losses import (
     Aggregation,
     chord_phi,
     group_advantages,
     grpo_loss,
+    mu_schedule,
     sft_loss,
     token_logprobs,
 )
 from ctbench.rewards import Reward
 from ctbench.rollout import RolloutBackend
+from ctbench.strategy import Objective
 from ctbench.taskdata import Item, Task
-
-Objective = Literal["rl", "sft"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,68 @@ class SFTConfig:
     batch_size: int = 32
     lr: float = 1e-3
     max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """CHORD (arXiv 2508.11408): loss ``(1 - mu_t) * L_GRPO + mu_t * L_SFT``, one optimizer.
+
+    ``mu_t`` warms up linearly 0 → ``mu_peak`` over ``warmup_frac`` of the stage, decays
+    (cosine) to ``mu_valley`` over the next ``decay_frac``, then stays there; CHORD-phi is
+    ``mu_peak = mu_valley = 0.1`` with no warm-up or decay. ``expert_share`` is the share of
+    each step's sequences that are expert demonstrations instead of rollouts (the paper's
+    example: 64 of 320). ``phi`` weights each expert token by p(1 - p) (off: plain NLL).
+    The GRPO half uses the stage's RL settings (learning rate included).
+    """
+
+    mu_peak: float = 0.1
+    mu_valley: float = 0.1
+    warmup_frac: float = 0.0
+    decay_frac: float = 0.0
+    expert_share: float = 0.2
+    phi: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("mu_peak", "mu_valley", "warmup_frac", "decay_frac", "expert_share"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"expected a value in [0, 1], got {value!r}", where=key)
+        if self.warmup_frac + self.decay_frac > 1.0:
+            raise UserError("warmup_frac + decay_frac must not exceed 1", where="blend")
+        if self.expert_share >= 1.0:
+            raise UserError("expert_share must leave room for rollouts (< 1)", where="blend")
+
+
+def with_overrides(config: Any, overrides: Mapping[str, Any], where: str) -> Any:
+    """``config`` with some fields replaced, each value checked against the field's type."""
+    fields = [f.name for f in dataclasses.fields(config)]
+    changes = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise UserError(
+                f"unknown stage hyper-parameter {key!r} (allowed: {', '.join(fields)})",
+                where=where,
+            )
+        current = getattr(config, key)
+        if isinstance(current, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(current, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(current)) and not isinstance(value, bool)
+        if not ok:
+            raise UserError(f"{key}: expected {type(current).__name__}, got {value!r}", where=where)
+        changes[key] = type(current)(value)
+    return dataclasses.replace(config, **changes)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """The engine settings of one stage: the track's defaults plus the stage's overrides."""
+
+    rl: RLConfig
+    sft: SFTConfig
+    blend: BlendConfig
 
 
 @dataclass
@@ -90,12 +154,15 @@ class Engine:
         rl: RLConfig,
         sft: SFTConfig,
         meter: ComputeMeter,
+        blend: BlendConfig | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.tasks = tasks
         self.rewards = rewards
         self.rollout = rollout
+        self.defaults = StageConfig(rl=rl, sft=sft, blend=blend or BlendConfig())
+        # The settings in force; ``train_stage`` swaps in a stage's overrides for its duration.
         self.rl = rl
         self.sft = sft
         self.meter = meter
@@ -105,6 +172,34 @@ class Engine:
             name: tuple(i for i in task.train if i.demonstration is not None)
             for name, task in tasks.items()
         }
+
+    def bind(self, model: PreTrainedModel) -> None:
+        """Train ``model`` from now on (a branch, a probe, or the main line again)."""
+        self.model = model
+        self.device = next(model.parameters()).device
+
+    def stage_config(self, objective: Objective, hparams: Mapping[str, Any]) -> StageConfig:
+        """The track's engine settings with a stage's overrides, checked by name and type.
+
+        Which fields a stage may override follows its objective: RL settings for ``rl``,
+        SFT settings for ``sft``, RL and CHORD settings for ``blend``."""
+        where = f"stage hparams ({objective})"
+        if objective == "sft":
+            return dataclasses.replace(
+                self.defaults, sft=with_overrides(self.defaults.sft, hparams, where)
+            )
+        rl_keys = {f.name for f in dataclasses.fields(RLConfig)}
+        rl_part = {k: v for k, v in hparams.items() if k in rl_keys}
+        rest = {k: v for k, v in hparams.items() if k not in rl_keys}
+        if objective == "rl":
+            blend = self.defaults.blend
+            if rest:
+                with_overrides(self.defaults.rl, rest, where)  # raises, naming the key
+        else:
+            blend = with_overrides(self.defaults.blend, rest, where)
+        return dataclasses.replace(
+            self.defaults, rl=with_overrides(self.defaults.rl, rl_part, where), blend=blend
+        )
 
     # ----------------------------------------------------------------- forward helpers
     def completion_logprobs(
@@ -250,6 +345,30 @@ class Engine:
         )
         return loss, log
 
+    # -------------------------------------------------------------------- blend (CHORD)
+    def blend_loss(
+        self,
+        rl_items: Sequence[Item],
+        expert_items: Sequence[Item],
+        mu: float,
+        generator: torch.Generator,
+        phase: str,
+        *,
+        phi_weighting: bool,
+    ) -> tuple[torch.Tensor, StepLog]:
+        """CHORD's step: ``(1 - mu) * L_GRPO(rollouts) + mu * L_SFT(expert rows)``.
+
+        Both terms are the engine's own ``rl_loss`` and ``sft_loss``, so the blend is a
+        composition (CHORD's loss, with its phi token weighting when ``phi_weighting``)."""
+        rl, log = self.rl_loss(rl_items, generator, phase)
+        sft, sft_log = self.sft_loss(expert_items, phase, phi_weighting=phi_weighting)
+        loss = (1.0 - mu) * rl + mu * sft
+        log.loss = float(loss.detach())
+        log.extra.update(
+            mu=mu, rl_loss=float(rl.detach()), sft_loss=sft_log.loss, expert_rows=len(expert_items)
+        )
+        return loss, log
+
     # ---------------------------------------------------------------------- applying
     def apply(
         self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, max_grad_norm: float, phase: str
@@ -274,47 +393,84 @@ class Engine:
 
     def train_stage(
         self,
-        mixture: dict[str, float],
+        mixture: Mapping[str, float],
         objective: Objective,
         steps: int,
         seed: int,
         *,
         phase: str = "train",
+        hparams: Mapping[str, Any] | None = None,
         on_step: Callable[[StepLog], None] | None = None,
     ) -> list[StepLog]:
         """Run ``steps`` optimizer steps of one objective on a task mixture."""
+        config = self.stage_config(objective, hparams or {})
         rng = random.Random(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         torch.manual_seed(seed)
         names = sorted(mixture)
         weights = [mixture[n] for n in names]
-        lr = self.rl.lr if objective == "rl" else self.sft.lr
-        optimizer = self.new_optimizer(lr)
-        if objective == "rl" and self.rl.beta > 0.0:
+        self.rl, self.sft = config.rl, config.sft
+        optimizer = self.new_optimizer(config.sft.lr if objective == "sft" else config.rl.lr)
+        if objective != "sft" and config.rl.beta > 0.0:
             self.reference = copy.deepcopy(self.model).eval()
         self.model.train()
         logs = []
-        with self.meter.timed(phase):
-            for step in range(steps):
-                if objective == "rl":
-                    items = self._sample_items(
-                        rng, names, weights, self.rl.prompts_per_step, demos=False
+        try:
+            with self.meter.timed(phase):
+                for step in range(steps):
+                    loss, log, max_norm = self._stage_step(
+                        objective, config, step, steps, rng, names, weights, generator, phase
                     )
-                    loss, log = self.rl_loss(items, generator, phase)
-                    norm = self.apply(loss, optimizer, self.rl.max_grad_norm, phase)
-                else:
-                    items = self._sample_items(rng, names, weights, self.sft.batch_size, demos=True)
-                    loss, log = self.sft_loss(items, phase)
-                    norm = self.apply(loss, optimizer, self.sft.max_grad_norm, phase)
-                log.step = step
-                log.extra["grad_norm"] = norm
-                logs.append(log)
-                if on_step is not None:
-                    on_step(log)
-        self.reference = None
-        for name in names:
-            self.rewards[name].reset()
+                    log.step = step
+                    log.extra["grad_norm"] = self.apply(loss, optimizer, max_norm, phase)
+                    logs.append(log)
+                    if on_step is not None:
+                        on_step(log)
+        finally:
+            self.rl, self.sft = self.defaults.rl, self.defaults.sft
+            self.reference = None
+            for name in names:
+                self.rewards[name].reset()
         return logs
+
+    def _stage_step(
+        self,
+        objective: Objective,
+        config: StageConfig,
+        step: int,
+        steps: int,
+        rng: random.Random,
+        names: list[str],
+        weights: list[float],
+        generator: torch.Generator,
+        phase: str,
+    ) -> tuple[torch.Tensor, StepLog, float]:
+        if objective == "sft":
+            items = self._sample_items(rng, names, weights, config.sft.batch_size, demos=True)
+            loss, log = self.sft_loss(items, phase)
+            return loss, log, config.sft.max_grad_norm
+        if objective == "rl":
+            items = self._sample_items(rng, names, weights, config.rl.prompts_per_step, demos=False)
+            loss, log = self.rl_loss(items, generator, phase)
+            return loss, log, config.rl.max_grad_norm
+        rl_prompts, expert_rows = blend_batch_split(
+            config.rl.prompts_per_step, config.rl.group_size, config.blend.expert_share
+        )
+        rl_items = self._sample_items(rng, names, weights, rl_prompts, demos=False)
+        expert_items = self._sample_items(rng, names, weights, expert_rows, demos=True)
+        blend = config.blend
+        mu = mu_schedule(
+            step,
+            steps,
+            peak=blend.mu_peak,
+            valley=blend.mu_valley,
+            warmup_steps=round(blend.warmup_frac * steps),
+            decay_steps=round(blend.decay_frac * steps),
+        )
+        loss, log = self.blend_loss(
+            rl_items, expert_items, mu, generator, phase, phi_weighting=blend.phi
+        )
+        return loss, log, config.rl.max_grad_norm
 
     def _sample_items(
         self, rng: random.Random, names: list[str], weights: list[float], count: int, *, demos: bool
@@ -330,4 +486,18 @@ class Engine:
         return items
 
     def config_json(self) -> dict[str, Any]:
-        return {"rl": asdict(self.rl), "sft": asdict(self.sft)}
+        return {name: asdict(getattr(self.defaults, name)) for name in ("rl", "sft", "blend")}
+
+
+def blend_batch_split(prompts: int, group: int, expert_share: float) -> tuple[int, int]:
+    """(rollout prompts, expert rows) of one CHORD step of ``prompts * group`` sequences.
+
+    A blended step keeps the sequence count of an RL step, so it costs about the same; the
+    expert rows take the place of ``expert_share`` of the rollouts (rounded to whole groups,
+    at least one group and, when the share is positive, at least one expert row)."""
+    total = prompts * group
+    rl_prompts = min(prompts, max(1, round((1.0 - expert_share) * prompts)))
+    experts = total - rl_prompts * group
+    if expert_share > 0.0 and experts == 0:
+        experts = 1
+    return rl_prompts, experts

@@ -5,6 +5,7 @@ writes it, each term named). The engine composes them; CHORD's blend is
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -99,6 +100,25 @@ def chord_phi(logp: torch.Tensor) -> torch.Tensor:
     """
     p = logp.detach().exp()
     return p * (1.0 - p)
+
+
+def mu_schedule(
+    step: int, total: int, *, peak: float, valley: float, warmup_steps: int, decay_steps: int
+) -> float:
+    """CHORD's SFT weight mu at ``step`` (0-based) of ``total``.
+
+    Linear warm-up 0 → ``peak`` over ``warmup_steps`` (mu = peak * step / warmup_steps),
+    cosine decay ``peak`` → ``valley`` over the next ``decay_steps``, then ``valley``. With
+    no warm-up and no decay it is ``valley`` throughout (CHORD-phi's fixed mu).
+    """
+    if not 0 <= step < max(total, 1):
+        raise ValueError(f"step {step} is outside a stage of {total} steps")
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    if step < warmup_steps + decay_steps:
+        progress = (step - warmup_steps) / decay_steps
+        return valley + (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return valley
 
 
 def token_logprobs(

@@ -1,14 +1,21 @@
 """One run: (track, strategy, seed) → ``<out>/<run-id>/result.json``.
 
-The loop: evaluate the base model (row 0 of R); then for each stage the strategy yields,
-check the budget, train, evaluate every task, and *commit* the stage (checkpoint, samples,
-state), so an interrupted run resumes from its last finished stage. Each stage's random
-seeds derive from (run seed, stage index) and each stage starts a fresh optimizer, so a
-resumed run ends with exactly the numbers of an uninterrupted one on the same CPU.
+The loop: evaluate the base model (row 0); then for each stage or merge the strategy
+yields, check it (tasks, start point, budget), train or merge, evaluate every task, and
+*commit* it (samples, checkpoint, then state), so an interrupted run resumes after its last
+finished item. Each stage's random seeds derive from (run seed, item index) and each stage
+starts a fresh optimizer, so a resumed run ends with exactly the numbers of an
+uninterrupted one on the same CPU.
+
+Checkpoints live in ``checkpoints/<index>-<name>`` and are never overwritten: state.json
+names the main line's current checkpoint and every kept branch, so a crash between writing
+a checkpoint and writing the state leaves an orphan folder (removed on resume), never a
+checkpoint that is ahead of the state.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import os
@@ -20,36 +27,41 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
-from ctbench.atomic import replace_dir_atomic, write_json_atomic, write_jsonl_atomic
-from ctbench.base import load_base
+from ctbench.atomic import write_json_atomic, write_jsonl_atomic
+from ctbench.base import ensure_base_checkpoint, load_base
 from ctbench.compute import ComputeMeter
 from ctbench.engine import Engine, StepLog
 from ctbench.errors import UserError
 from ctbench.evaluate import Evaluator, TaskEvaluation
-from ctbench.metrics import all_metrics, metrics_to_json
-from ctbench.provenance import config_hash, environment
+from ctbench.merging import merge_checkpoints
+from ctbench.plugins import resolve_strategy
+from ctbench.result import SCHEMA_VERSION, build_result
 from ctbench.rewards import build_reward, chance_level
 from ctbench.rollout import HFRollout
 from ctbench.strategy import (
+    BASE,
+    CURRENT,
+    OBJECTIVES,
     BudgetExceeded,
+    Merge,
+    ScheduleItem,
     Stage,
-    Strategy,
     StrategyContext,
-    load_strategy_class,
-    strategy_source_hash,
+    StrategyFailed,
 )
 from ctbench.track import Track, load_track
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "Run", "RunConfig", "RunObserver", "SilentObserver"]
 
 
 class RunObserver(Protocol):
     """Where progress goes (the CLI draws rich bars; tests pass a silent one)."""
 
     def base_progress(self, step: int, total: int, dev: dict[str, float]) -> None: ...
-    def stage_started(self, index: int, stage: Stage) -> None: ...
+    def stage_started(self, index: int, stage: ScheduleItem) -> None: ...
     def step_done(self, log: StepLog) -> None: ...
     def stage_finished(self, index: int, row: dict[str, TaskEvaluation]) -> None: ...
     def note(self, message: str) -> None: ...
@@ -57,7 +69,7 @@ class RunObserver(Protocol):
 
 class SilentObserver:
     def base_progress(self, step: int, total: int, dev: dict[str, float]) -> None: ...
-    def stage_started(self, index: int, stage: Stage) -> None: ...
+    def stage_started(self, index: int, stage: ScheduleItem) -> None: ...
     def step_done(self, log: StepLog) -> None: ...
     def stage_finished(self, index: int, row: dict[str, TaskEvaluation]) -> None: ...
     def note(self, message: str) -> None: ...
@@ -100,10 +112,11 @@ def _ensure_writable(out: Path) -> None:
         raise UserError(f"cannot write there: {exc.strerror}", where=f"--out {out}") from exc
 
 
-def new_run_id(config: RunConfig, strategy: type[Strategy]) -> str:
+def new_run_id(config: RunConfig, strategy_name: str) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     suffix = os.urandom(2).hex()
-    return f"{config.track}-{strategy.name}-s{config.seed}-{stamp}-{suffix}"
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in strategy_name)
+    return f"{config.track}-{safe}-s{config.seed}-{stamp}-{suffix}"
 
 
 class Run:
@@ -113,29 +126,34 @@ class Run:
         self.dir = run_dir
         self.config = config
         self.observer = observer
-        self.strategy_cls = load_strategy_class(config.strategy)
-        self.strategy = self.strategy_cls(**config.params)
+        self.resolved = resolve_strategy(config.strategy)
+        self.strategy = self.resolved.instantiate(config.params)
         self.track: Track = load_track(config.track)
         self.budget = config.budget if config.budget is not None else self.track.spec.budget_steps
         self.state_path = run_dir / "state.json"
-        self.checkpoint = run_dir / "checkpoint"
+        self.checkpoints = run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ public entry
     @classmethod
-    def create(cls, config: RunConfig, out: Path, observer: RunObserver) -> Run:
+    def create(
+        cls, config: RunConfig, out: Path, observer: RunObserver, *, run_id: str | None = None
+    ) -> Run:
         """Validate everything *before* any folder is made: bad input writes nothing."""
         if config.budget is not None and config.budget <= 0:
             raise UserError(
                 f"expected a positive number of steps, got {config.budget}", where="--budget"
             )
         resolve_device(config.device)
-        strategy_cls = load_strategy_class(config.strategy)
-        strategy_cls(**config.params)
+        resolved = resolve_strategy(config.strategy)
+        resolved.instantiate(config.params)
         load_track(config.track)
         _ensure_writable(out)
-        run_dir = out / new_run_id(config, strategy_cls)
-        run_dir.mkdir(parents=True)
-        write_json_atomic(run_dir / "config.json", asdict(config))
+        run_dir = out / (run_id or new_run_id(config, resolved.name))
+        if run_id is not None and run_dir.exists():
+            return cls.resume(run_dir, observer)
+        staging = Path(tempfile.mkdtemp(prefix=".run-", dir=out))
+        write_json_atomic(staging / "config.json", asdict(config))
+        os.rename(staging, run_dir)
         return cls(run_dir, config, observer)
 
     @classmethod
@@ -154,222 +172,318 @@ class Run:
         if (self.dir / "result.json").exists():
             self.observer.note(f"{self.dir} is already complete")
             return json.loads((self.dir / "result.json").read_text())
+        try:
+            return self._execute()
+        except StrategyFailed:
+            self._abandon_if_nothing_trained()
+            raise
+
+    def _execute(self) -> dict[str, Any]:
+        # Branches and merges load and save checkpoints often; their per-file bars are noise.
+        hf_logging.disable_progress_bar()
         started = dt.datetime.now(dt.UTC).isoformat()
         model, tokenizer, base_report = load_base(self.track, self.observer.base_progress)
+        self.base_path = ensure_base_checkpoint(self.track)
+        self.device = resolve_device(self.config.device)
         state = self._load_state()
         if state is None:
             state = {
                 "started": started,
                 "meter": ComputeMeter().to_json(),
                 "rows": [],
-                "stages": [],
+                "items": [],
+                "main": None,
+                "kept": {},
             }
         else:
-            model = AutoModelForCausalLM.from_pretrained(self.checkpoint, dtype=torch.float32)
-            self.observer.note(f"resuming after stage {len(state['stages'])}")
-        device = resolve_device(self.config.device)
-        model.to(device)
+            self.observer.note(f"resuming after item {len(state['items'])}")
+            if state["main"] is not None:
+                model = self._load(self.dir / state["main"])
+        model.to(self.device)
         meter = ComputeMeter.from_json(state["meter"])
         tasks = self.track.tasks
         rewards = {name: build_reward(task) for name, task in tasks.items()}
         rollout = HFRollout(tokenizer)
+        spec = self.track.spec
         engine = Engine(
-            model,
-            tokenizer,
-            tasks,
-            rewards,
-            rollout,
-            rl=self.track.spec.rl,
-            sft=self.track.spec.sft,
-            meter=meter,
+            model, tokenizer, tasks, rewards, rollout, rl=spec.rl, sft=spec.sft, meter=meter
         )
         evaluator = Evaluator(
             tasks,
             rewards,
             rollout,
             meter,
-            entropy_prompts=self.track.spec.eval.entropy_prompts,
-            entropy_samples=self.track.spec.eval.entropy_samples,
+            entropy_prompts=spec.eval.entropy_prompts,
+            entropy_samples=spec.eval.entropy_samples,
         )
         seed = self.config.seed
         if not state["rows"]:
             row = evaluator.evaluate(model, derived_seed(seed, 0, 1))
-            self._commit(state, meter, None, row, [], model, index=0)
+            self._commit(state, meter, None, row, [])
         ctx = StrategyContext(
             task_names=tuple(tasks),
             domains={n: t.spec.domain for n, t in tasks.items()},
             budget=self.budget,
             seed=seed,
             rng=random.Random(seed),
+            chance={n: chance_level(t) for n, t in tasks.items()},
             evaluations=[_scores(state["rows"][0])],
+            entropies=[_entropies(state["rows"][0])],
         )
-        schedule = self.strategy.schedule(ctx)
-        for index, stage in enumerate(schedule, start=1):
-            self._check_stage(stage, ctx)
-            if index <= len(state["stages"]):
-                # Replaying a finished stage: the strategy must ask for the same thing again.
-                if state["stages"][index - 1]["stage"] != stage.to_json():
-                    raise UserError(
-                        f"strategy {self.strategy_cls.name!r} asked for a different stage {index} "
-                        "than the interrupted run recorded; it is not deterministic in its seed",
-                        where=str(self.dir),
+        main = model
+        for index, item in enumerate(self._schedule(ctx), start=1):
+            self._check_item(item, ctx, state, index)
+            if index <= len(state["items"]):
+                recorded = state["items"][index - 1]["item"]
+                if recorded != item.to_json():
+                    raise StrategyFailed(
+                        f"asked for a different item {index} than the interrupted run "
+                        "recorded; it is not deterministic in its seed",
+                        where=self._where(),
                     )
             else:
-                self.observer.stage_started(index, stage)
-                phase = "probe" if stage.probe else "train"
-                logs = engine.train_stage(
-                    stage.mixture,
-                    stage.objective,
-                    stage.steps,
-                    derived_seed(seed, index, 0),
-                    phase=phase,
-                    on_step=self.observer.step_done,
-                )
-                row = evaluator.evaluate(model, derived_seed(seed, index, 1))
-                self._commit(state, meter, stage, row, logs, model, index=index)
+                self.observer.stage_started(index, item)
+                if isinstance(item, Merge):
+                    with meter.timed("merge"):
+                        main = self._merge(item, state, index)
+                    row = evaluator.evaluate(main, derived_seed(seed, index, 1))
+                    self._commit(state, meter, item, row, [], model=main, index=index)
+                else:
+                    target = self._start_model(item, main, state)
+                    if item.main_line:
+                        main = target
+                    engine.bind(target)
+                    phase = "probe" if item.probe else "train"
+                    logs = engine.train_stage(
+                        item.mixture,
+                        item.objective,
+                        item.steps,
+                        derived_seed(seed, index, 0),
+                        phase=phase,
+                        hparams=item.hparams,
+                        on_step=self.observer.step_done,
+                    )
+                    row = evaluator.evaluate(
+                        target,
+                        derived_seed(seed, index, 1),
+                        phase="probe" if item.probe else "eval",
+                    )
+                    self._commit(state, meter, item, row, logs, model=target, index=index)
                 self.observer.stage_finished(index, row)
-            ctx.spent += stage.steps
+            ctx.spent += item.steps
+            ctx.names.append(item.name)
             ctx.evaluations.append(_scores(state["rows"][index]))
-        result = self._result(state, meter, base_report, device, engine)
+            ctx.entropies.append(_entropies(state["rows"][index]))
+        result = build_result(
+            run_id=self.dir.name,
+            config=self.config,
+            budget=self.budget,
+            track=self.track,
+            resolved=self.resolved,
+            strategy=self.strategy,
+            report=ctx.report,
+            state=state,
+            meter=meter,
+            base_report=base_report,
+            device=self.device,
+            engine_config=engine.config_json(),
+        )
         write_json_atomic(self.dir / "result.json", result)
-        shutil.rmtree(self.checkpoint, ignore_errors=True)
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
         return result
 
-    def _check_stage(self, stage: Stage, ctx: StrategyContext) -> None:
-        unknown = sorted(set(stage.mixture) - set(ctx.task_names))
-        if unknown:
-            raise UserError(
-                f"strategy asked for unknown task {unknown[0]!r}",
-                where=f"strategy {self.strategy_cls.name}",
+    def _where(self) -> str:
+        return f"strategy {self.resolved.name} ({self.resolved.origin})"
+
+    def _schedule(self, ctx: StrategyContext):
+        """The strategy's generator, with its own failures reported as the strategy's."""
+        try:
+            iterator = iter(self.strategy.schedule(ctx))
+        except UserError as exc:
+            raise StrategyFailed(str(exc)) from exc
+        except Exception as exc:
+            raise StrategyFailed(
+                f"schedule() raised {type(exc).__name__}: {exc}", where=self._where()
+            ) from exc
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            except StrategyFailed:
+                raise
+            except UserError as exc:  # the strategy's own check (e.g. too small a budget)
+                raise StrategyFailed(str(exc)) from exc
+            except Exception as exc:
+                raise StrategyFailed(
+                    f"schedule() raised {type(exc).__name__}: {exc}", where=self._where()
+                ) from exc
+            yield item
+
+    def _abandon_if_nothing_trained(self) -> None:
+        """A strategy that fails before its first item leaves no folder behind."""
+        state = self._load_state_quietly()
+        if state is None or not state["items"]:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --------------------------------------------------------------------- checking
+    def _check_item(
+        self, item: Any, ctx: StrategyContext, state: dict[str, Any], index: int
+    ) -> None:
+        where = self._where()
+        if not isinstance(item, Stage | Merge):
+            raise StrategyFailed(
+                f"yielded {type(item).__name__}; expected a Stage or a Merge", where=where
             )
-        if stage.steps <= 0 or not stage.tasks:
-            raise UserError(
-                "a stage needs a positive number of steps and a task with positive weight",
-                where=f"strategy {self.strategy_cls.name}",
+        taken = set(ctx.names)
+        if isinstance(item, Merge):
+            known = set(state["kept"]) if index > len(state["items"]) else taken
+            missing = [s for s in item.sources if s not in known]
+            if not item.sources or missing:
+                raise StrategyFailed(
+                    f"merge {item.name!r} needs earlier branch names as sources; "
+                    f"unknown: {', '.join(missing) or '(none given)'}",
+                    where=where,
+                )
+        else:
+            unknown = sorted(set(item.mixture) - set(ctx.task_names))
+            if unknown:
+                raise StrategyFailed(f"asked for unknown task {unknown[0]!r}", where=where)
+            if item.objective not in OBJECTIVES:
+                raise StrategyFailed(
+                    f"unknown objective {item.objective!r}; expected one of "
+                    f"{', '.join(OBJECTIVES)}",
+                    where=where,
+                )
+            if not isinstance(item.steps, int) or item.steps <= 0 or not item.tasks:
+                raise StrategyFailed(
+                    "a stage needs a positive number of steps and a task with positive weight",
+                    where=where,
+                )
+            if item.start not in (CURRENT, BASE) and item.start not in taken:
+                raise StrategyFailed(
+                    f"stage {item.name or index} starts from {item.start!r}, which is neither "
+                    "'current', 'base' nor an earlier branch",
+                    where=where,
+                )
+            if item.steps > ctx.remaining:
+                raise BudgetExceeded(
+                    f"stage {item.name or '?'} asks for {item.steps} steps but only "
+                    f"{ctx.remaining} of the budget of {ctx.budget} remain",
+                    where=f"strategy {self.resolved.name}",
+                )
+        needs_name = isinstance(item, Merge) or not item.main_line
+        if needs_name and (not item.name or item.name in taken or item.name in (BASE, CURRENT)):
+            raise StrategyFailed(
+                f"branches, probes and merges need a unique name, got {item.name!r}", where=where
             )
-        if stage.steps > ctx.remaining:
-            raise BudgetExceeded(
-                f"stage {stage.name or '?'} asks for {stage.steps} steps but only {ctx.remaining} "
-                f"of the budget of {ctx.budget} remain",
-                where=f"strategy {self.strategy_cls.name}",
+
+    # ------------------------------------------------------------------------ models
+    def _load(self, path: Path) -> PreTrainedModel:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
+
+    def _start_model(
+        self, stage: Stage, main: PreTrainedModel, state: dict[str, Any]
+    ) -> PreTrainedModel:
+        """The model a stage trains: the main line itself, or a fresh copy of its start."""
+        if stage.start == CURRENT:
+            return main if stage.main_line else copy.deepcopy(main)
+        if stage.start == BASE:
+            return self._load(self.base_path)
+        return self._load(self.dir / state["kept"][stage.start])
+
+    def _merge(self, merge: Merge, state: dict[str, Any], index: int) -> PreTrainedModel:
+        staging = Path(tempfile.mkdtemp(prefix=".merge-", dir=self.dir))
+        try:
+            merge_checkpoints(
+                [self.dir / state["kept"][name] for name in merge.sources],
+                self.base_path,
+                staging,
+                method=merge.method,
+                weights=merge.weights,
+                density=merge.density,
+                options=merge.options,
+                seed=derived_seed(self.config.seed, index, 2),
             )
+            return self._load(staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     # ------------------------------------------------------------------- persistence
-    def _load_state(self) -> dict[str, Any] | None:
+    def _load_state_quietly(self) -> dict[str, Any] | None:
         if not self.state_path.exists():
             return None
-        state = json.loads(self.state_path.read_text())
-        if state["stages"] and not self.checkpoint.exists():
-            raise UserError(
-                "state.json lists finished stages but the checkpoint is missing",
-                where=str(self.dir),
-            )
+        return json.loads(self.state_path.read_text())
+
+    def _load_state(self) -> dict[str, Any] | None:
+        state = self._load_state_quietly()
+        if state is None:
+            return None
+        referenced = {p for p in [state["main"], *state["kept"].values()] if p}
+        for path in referenced:
+            if not (self.dir / path).exists():
+                raise UserError(
+                    f"state.json names checkpoint {path} but it is missing", where=str(self.dir)
+                )
+        if self.checkpoints.exists():  # orphans of a crash between checkpoint and state
+            for folder in self.checkpoints.iterdir():
+                if f"checkpoints/{folder.name}" not in referenced:
+                    shutil.rmtree(folder, ignore_errors=True)
         return state
 
-    def _commit(self, state, meter, stage, row, logs, model, *, index: int) -> None:
-        """Make a finished stage durable: samples, then checkpoint, then state (last)."""
+    def _commit(
+        self,
+        state: dict[str, Any],
+        meter: ComputeMeter,
+        item: ScheduleItem | None,
+        row: dict[str, TaskEvaluation],
+        logs: list[StepLog],
+        *,
+        model: PreTrainedModel | None = None,
+        index: int = 0,
+    ) -> None:
+        """Make a finished item durable: samples, then its checkpoint, then state (last)."""
         for name, evaluation in row.items():
             write_jsonl_atomic(
                 self.dir / "samples" / f"stage-{index:02d}-{name}.jsonl", evaluation.items
             )
-        if stage is not None:
-            staging = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=self.dir))
+        previous_main = state["main"]
+        if item is not None and model is not None:
+            label = "".join(c if c.isalnum() or c in "-_" else "-" for c in item.name)
+            relative = f"checkpoints/{index:03d}-{label or 'stage'}"
+            self.checkpoints.mkdir(exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=self.checkpoints))
             model.save_pretrained(staging)
-            replace_dir_atomic(staging, self.checkpoint)
-            state["stages"].append(
-                {
-                    "stage": stage.to_json(),
-                    "trace": {
-                        "reward": [log.reward for log in logs],
-                        "entropy": [log.entropy for log in logs],
-                        "loss": [log.loss for log in logs],
-                        "reward_by_task": [log.reward_by_task for log in logs],
-                    },
-                }
-            )
+            os.rename(staging, self.dir / relative)
+            main_line = isinstance(item, Merge) or item.main_line
+            if main_line:
+                state["main"] = relative
+            else:
+                state["kept"][item.name] = relative
+            state["items"].append({"item": item.to_json(), "trace": _trace(logs)})
         state["rows"].append({name: e.summary() for name, e in row.items()})
         state["meter"] = meter.to_json()
         write_json_atomic(self.state_path, state)
+        if previous_main is not None and previous_main != state["main"]:
+            shutil.rmtree(self.dir / previous_main, ignore_errors=True)
 
-    # ------------------------------------------------------------------------ result
-    def _result(self, state, meter, base_report, device, engine) -> dict[str, Any]:
-        names = list(self.track.tasks)
-        rows = state["rows"]
-        matrix = [[row[n]["score"] for n in names] for row in rows]
-        chances = {n: chance_level(t) for n, t in self.track.tasks.items()}
-        schedule = [{names.index(t) for t in s["stage"]["tasks"]} for s in state["stages"]]
-        metrics = metrics_to_json(all_metrics(matrix, schedule)) if schedule else {}
-        resolved = {
-            "config": asdict(self.config),
-            "budget": self.budget,
-            "track_hash": self.track.content_hash(),
-            "strategy_params": self.strategy.params,
-        }
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "run_id": self.dir.name,
-            "config_hash": config_hash(resolved),
-            "track": {
-                "name": self.track.spec.name,
-                "version": self.track.spec.version,
-                "hash": self.track.content_hash(),
-            },
-            "strategy": {
-                "name": self.strategy_cls.name,
-                "version": self.strategy_cls.version,
-                "params": self.strategy.params,
-                "source_hash": strategy_source_hash(self.strategy_cls),
-            },
-            "seed": self.config.seed,
-            "budget": {
-                "steps": self.budget,
-                "spent_steps": sum(s["stage"]["steps"] for s in state["stages"]),
-            },
-            "tasks": names,
-            "task_info": {
-                n: {
-                    "domain": t.spec.domain,
-                    "chance": chances[n],
-                    "eval_size": len(t.eval),
-                    "reward_kind": t.spec.reward.kind,
-                    "version": t.spec.version,
-                    "hash": t.content_hash(),
-                }
-                for n, t in self.track.tasks.items()
-            },
-            "engine": engine.config_json(),
-            "stages": [
-                {"index": i + 1, **s["stage"], "trace": s["trace"]}
-                for i, s in enumerate(state["stages"])
-            ],
-            "matrix": {
-                "rows": ["base"]
-                + [f"stage {i + 1}: {s['stage']['name']}" for i, s in enumerate(state["stages"])],
-                "R": matrix,
-                "stderr": [[row[n]["stderr"] for n in names] for row in rows],
-                "n": [[row[n]["n"] for n in names] for row in rows],
-                "normalised": [
-                    [(row[n]["score"] - chances[n]) / (1 - chances[n]) for n in names]
-                    for row in rows
-                ],
-            },
-            "metrics": metrics,
-            "entropy": {
-                "token": [[row[n]["token_entropy"] for n in names] for row in rows],
-                "sequence": [[row[n]["sequence_entropy"] for n in names] for row in rows],
-                "distinct_ratio": [[row[n]["distinct_ratio"] for n in names] for row in rows],
-            },
-            "compute": meter.to_json(),
-            "base": {
-                k: base_report.get(k) for k in ("steps", "final_dev", "source") if k in base_report
-            },
-            "env": environment(device),
-            "timestamps": {
-                "started": state["started"],
-                "finished": dt.datetime.now(dt.UTC).isoformat(),
-            },
-        }
+
+def _trace(logs: list[StepLog]) -> dict[str, Any]:
+    trace: dict[str, Any] = {
+        "reward": [log.reward for log in logs],
+        "entropy": [log.entropy for log in logs],
+        "loss": [log.loss for log in logs],
+        "reward_by_task": [log.reward_by_task for log in logs],
+    }
+    if logs and "mu" in logs[0].extra:
+        trace["mu"] = [log.extra["mu"] for log in logs]
+        trace["sft_loss"] = [log.extra["sft_loss"] for log in logs]
+    return trace
 
 
 def _scores(row: dict[str, dict[str, float]]) -> dict[str, float]:
     return {name: cell["score"] for name, cell in row.items()}
+
+
+def _entropies(row: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {name: cell["token_entropy"] for name, cell in row.items()}

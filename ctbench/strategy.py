@@ -1,83 +1,170 @@
 """The public Strategy API: what a baseline or a submitted strategy is written against.
 
 A strategy decides the *schedule* and nothing else. It sees the task names and domains,
-the total budget, a seeded RNG and the evaluations after every stage it asked for, and it
-yields :class:`Stage` objects; the engine trains and evaluates each one before the
-generator resumes, so an adaptive strategy reads ``ctx.evaluations[-1]`` after a yield.
-It never touches models or optimizers, which is what keeps strategies comparable.
+the total budget, a seeded RNG and the evaluation after every item it yielded, and it
+yields :class:`Stage` and :class:`Merge` objects; the engine trains (or merges) and
+evaluates each one before the generator resumes, so an adaptive strategy reads
+``ctx.evaluations[-1]`` (or ``ctx.scores(name)``) right after a yield. It never touches
+models or optimizers, which is what keeps strategies comparable.
 
-The engine refuses a stage that would overrun the budget (:class:`BudgetExceeded`).
+The *main line* is the model the run is about: its rows form the matrix R that the
+metrics read. A stage may instead be a *branch* (trained aside from a start point, its row
+kept apart and its checkpoint kept for a later merge) or a *probe* (a branch whose only
+purpose is measurement; its steps are booked to the probe phase). Every stage's steps
+count against the budget, and the engine refuses a stage that would overrun it
+(:class:`BudgetExceeded`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import inspect
 import random
-import sys
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ctbench.errors import UserError
-from ctbench.resources import data_root
 
-Objective = Literal["rl", "sft"]
+Objective = Literal["rl", "sft", "blend"]
+OBJECTIVES: tuple[str, ...] = ("rl", "sft", "blend")
+BASE = "base"
+CURRENT = "current"
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One training phase: a task mixture (weights), an objective and a number of steps."""
+    """One training phase.
 
-    mixture: dict[str, float]
+    ``mixture``: task → sampling weight. ``objective``: ``rl`` (GRPO), ``sft`` (expert
+    demonstrations) or ``blend`` (CHORD: ``(1 - mu) * GRPO + mu * SFT``). ``start``:
+    ``"current"`` (the main line as it is), ``"base"``, or the ``name`` of an earlier
+    branch. ``branch``/``probe``: train aside instead of advancing the main line.
+    ``hparams``: engine overrides for this stage only (e.g. ``lr``, ``mu_peak``); the
+    engine validates them and the result records them.
+    """
+
+    mixture: Mapping[str, float]
     steps: int
     objective: Objective = "rl"
     name: str = ""
+    start: str = CURRENT
+    branch: bool = False
     probe: bool = False
+    hparams: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[str]:
         return sorted(t for t, w in self.mixture.items() if w > 0)
 
+    @property
+    def main_line(self) -> bool:
+        return not (self.branch or self.probe)
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "kind": "stage",
             "name": self.name,
             "tasks": self.tasks,
-            "mixture": dict(sorted(self.mixture.items())),
+            "mixture": {k: float(v) for k, v in sorted(self.mixture.items())},
             "objective": self.objective,
             "steps": self.steps,
+            "start": self.start,
+            "branch": self.branch,
             "probe": self.probe,
+            "hparams": dict(sorted(self.hparams.items())),
         }
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Merge earlier branches (by name) with mergekit; the result becomes the main line.
+
+    ``method``: a mergekit method (``linear``, ``task_arithmetic``, ``ties``, ``dare_ties``,
+    ``dare_linear``). ``weights``: one per source (default 1 each). ``density``: the share of
+    each task vector kept by TIES/DARE. Methods that work on task vectors merge against the
+    track's base model. A merge costs no optimizer steps.
+    """
+
+    sources: tuple[str, ...]
+    method: str = "ties"
+    weights: tuple[float, ...] | None = None
+    density: float | None = None
+    name: str = "merge"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "merge",
+            "name": self.name,
+            "sources": list(self.sources),
+            "method": self.method,
+            "weights": list(self.weights) if self.weights is not None else None,
+            "density": self.density,
+            "options": dict(sorted(self.options.items())),
+        }
+
+
+ScheduleItem = Stage | Merge
 
 
 @dataclass
 class StrategyContext:
-    """What a strategy may know: tasks, budget, seed, and the rows of R measured so far."""
+    """What a strategy may know: tasks, budget, seed, and every evaluation so far.
+
+    ``evaluations[0]`` is the base model; ``evaluations[k]`` the row after the k-th item the
+    strategy yielded (branches and probes included). ``report`` is where a strategy puts the
+    facts that define it (a transfer matrix, a chosen order, predictions); it lands in
+    ``result.json`` under ``strategy.report`` and must be JSON-serialisable.
+    """
 
     task_names: tuple[str, ...]
     domains: dict[str, str]
     budget: int
     seed: int
     rng: random.Random
+    chance: dict[str, float] = field(default_factory=dict)
     evaluations: list[dict[str, float]] = field(default_factory=list)
+    entropies: list[dict[str, float]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
     spent: int = 0
 
     @property
     def remaining(self) -> int:
         return self.budget - self.spent
 
+    @property
+    def base_scores(self) -> dict[str, float]:
+        return self.evaluations[0]
 
-class BudgetExceeded(UserError):
+    def scores(self, name: str) -> dict[str, float]:
+        """The row of R measured after the yielded item called ``name``."""
+        for item_name, row in zip(self.names, self.evaluations[1:], strict=True):
+            if item_name == name:
+                return row
+        raise KeyError(f"no evaluated stage or merge is named {name!r}")
+
+
+class StrategyFailed(UserError):
+    """The strategy raised or asked for something impossible; no result is written."""
+
+
+class BudgetExceeded(StrategyFailed):
     """A strategy asked for more optimizer steps than its budget has left."""
 
 
 class Strategy(ABC):
-    """Base class of every strategy. Subclasses set ``name``, ``version``, ``defaults``
-    (parameter name → default value, which also fixes each parameter's type) and write
-    :meth:`schedule` as a generator of stages."""
+    """Base class of every strategy.
+
+    Subclasses set ``name``, ``version``, ``defaults`` (parameter name → default value; the
+    default's type is the parameter's type, which is how ``--param key=value`` is parsed and
+    checked) and write :meth:`schedule` as a generator of stages and merges. The class
+    docstring is what ``ctbench strategies`` shows.
+    """
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
@@ -91,11 +178,35 @@ class Strategy(ABC):
                 f"unknown parameter {unknown[0]!r} (parameters: {allowed})",
                 where=f"strategy {self.name}",
             )
-        self.params: dict[str, Any] = {**self.defaults, **params}
+        self.params: dict[str, Any] = {
+            **self.defaults,
+            **{k: coerce_param(self.name, k, v, self.defaults[k]) for k, v in params.items()},
+        }
+        self.check_params()
+
+    def check_params(self) -> None:  # noqa: B027 (optional hook, deliberately empty)
+        """Override to reject parameter values (raise :class:`UserError`); called once."""
 
     @abstractmethod
-    def schedule(self, ctx: StrategyContext) -> Iterator[Stage]:
-        """Yield stages; after each yield, ``ctx.evaluations[-1]`` holds the new row of R."""
+    def schedule(self, ctx: StrategyContext) -> Iterator[ScheduleItem]:
+        """Yield stages and merges; after each yield ``ctx.evaluations[-1]`` is its row."""
+
+
+def coerce_param(strategy: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default``: a typo'd parameter value fails here, by name."""
+    where = f"strategy {strategy}: parameter {key}"
+    kind = type(default)
+    if default is None or (
+        isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    ):
+        return list(value) if isinstance(value, tuple) else value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise UserError(f"expected {kind.__name__}, got {value!r}", where=where)
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -104,75 +215,10 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-# ----------------------------------------------------------------------- loading strategies
-def baselines_dir() -> Path:
-    return data_root() / "baselines"
-
-
-def _load_module(path: Path):
-    module_name = (
-        f"ctbench_strategy_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-    )
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise UserError("not a loadable Python file", where=str(path))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a plugin may fail in any way; the user needs to know where
-        del sys.modules[module_name]
+def require_budget(ctx: StrategyContext, needed: int, what: str) -> None:
+    """A strategy's own early check, with a message that says why the budget is too small."""
+    if ctx.budget < needed:
         raise UserError(
-            f"importing the strategy failed: {type(exc).__name__}: {exc}", where=str(path)
-        ) from exc
-    return module
-
-
-def _strategy_classes(module) -> list[type[Strategy]]:
-    return [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj)
-        and issubclass(obj, Strategy)
-        and obj is not Strategy
-        and not inspect.isabstract(obj)
-        and obj.__module__ == module.__name__
-    ]
-
-
-def builtin_strategies() -> dict[str, type[Strategy]]:
-    """The reference strategies, found in ``baselines/*.py`` (the form a submission takes)."""
-    found: dict[str, type[Strategy]] = {}
-    for path in sorted(baselines_dir().glob("*.py")):
-        for cls in _strategy_classes(_load_module(path)):
-            found[cls.name] = cls
-    return found
-
-
-def load_strategy_class(ref: str) -> type[Strategy]:
-    """A strategy by name (a baseline) or as ``path/to/file.py:ClassName``."""
-    if ":" in ref and ref.split(":", 1)[0].endswith(".py"):
-        file_part, class_name = ref.rsplit(":", 1)
-        path = Path(file_part)
-        if not path.exists():
-            raise UserError(f"strategy file {file_part!r} does not exist", where="--strategy")
-        module = _load_module(path)
-        cls = getattr(module, class_name, None)
-        if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
-            raise UserError(
-                f"no Strategy subclass named {class_name!r} in that file", where=str(path)
-            )
-        return cls
-    strategies = builtin_strategies()
-    if ref not in strategies:
-        raise UserError(
-            f"unknown strategy {ref!r}; known: {', '.join(sorted(strategies))}", where="--strategy"
+            f"a budget of {ctx.budget} steps is too small: {what} needs at least {needed}",
+            where="--budget",
         )
-    return strategies[ref]
-
-
-def strategy_source_hash(cls: type[Strategy]) -> str:
-    source = Path(inspect.getfile(cls)).read_bytes()
-    return hashlib.sha256(source).hexdigest()[:16]

@@ -77,3 +77,31 @@ def test_sft_loss_and_chord_phi_by_hand():
     assert not phi.requires_grad
     weighted = sft_loss(logp, mask, weights=phi)
     assert float(weighted) == pytest.approx(-(0.25 * math.log(0.5) + 0.09 * math.log(0.9)) / 2)
+
+
+def test_mu_schedule_by_hand():
+    """CHORD-mu: warm-up 0 -> 0.9 over 2 steps, cosine to 0.05 over 4, then flat."""
+    from ctbench.losses import mu_schedule
+
+    values = [
+        mu_schedule(step, 8, peak=0.9, valley=0.05, warmup_steps=2, decay_steps=4)
+        for step in range(8)
+    ]
+    half = 0.5 * (1 + math.cos(math.pi / 4))  # cosine factor a quarter of the way through
+    expected = [0.0, 0.45, 0.9, 0.05 + 0.85 * half, 0.475, 0.05 + 0.85 * (1 - half), 0.05, 0.05]
+    assert values == pytest.approx(expected)
+    # CHORD-phi: no warm-up, no decay -> the fixed valley value at every step.
+    fixed = [
+        mu_schedule(s, 5, peak=0.1, valley=0.1, warmup_steps=0, decay_steps=0) for s in range(5)
+    ]
+    assert fixed == [0.1] * 5
+    with pytest.raises(ValueError):
+        mu_schedule(5, 5, peak=0.1, valley=0.1, warmup_steps=0, decay_steps=0)
+
+
+def test_chord_phi_peaks_at_one_half_and_is_detached():
+    p = torch.tensor([0.0001, 0.25, 0.5, 0.75, 0.9999], requires_grad=True)
+    phi = chord_phi(torch.log(p))
+    expected = [0.0001 * 0.9999, 0.1875, 0.25, 0.1875, 0.9999 * 0.0001]
+    assert phi.tolist() == pytest.approx(expected, rel=1e-3)
+    assert not phi.requires_grad

@@ -65,7 +65,7 @@ def test_result_has_the_promised_fields(first_run):
     assert result["compute"]["train"]["optimizer_steps"] == BUDGET
     assert result["compute"]["train"]["generated_tokens"] > 0
     assert result["compute"]["eval"]["samples"] > 0
-    assert result["budget"] == {"steps": BUDGET, "spent_steps": BUDGET}
+    assert result["budget"] == {"steps": BUDGET, "spent_steps": BUDGET, "probe_steps": 0}
     assert result["task_info"]["qa"]["chance"] == pytest.approx(0.25)
     for key in ("acc", "bwt", "fwt", "forgetting", "learning_accuracy"):
         assert key in result["metrics"]
@@ -77,7 +77,7 @@ def test_result_has_the_promised_fields(first_run):
     assert len(samples) == 5 * 4 and samples[0] == "stage-00-code.jsonl"
     first = json.loads((run_dir / "samples" / "stage-00-math.jsonl").read_text().splitlines()[0])
     assert {"prompt_hash", "prompt", "completions", "scores", "score"} <= set(first)
-    assert not (run_dir / "checkpoint").exists()  # intermediate state is cleaned up
+    assert not (run_dir / "checkpoints").exists()  # intermediate state is cleaned up
 
 
 def test_same_seed_gives_identical_numbers(first_run, tmp_path):
@@ -96,7 +96,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(first_run, tmp_path
     with pytest.raises(Interrupt):
         run.execute()
     state = json.loads((run.dir / "state.json").read_text())
-    assert len(state["stages"]) == 2 and not (run.dir / "result.json").exists()
+    assert len(state["items"]) == 2 and not (run.dir / "result.json").exists()
     resumed = Run.resume(run.dir, SilentObserver()).execute()
     expected = deterministic_part({k: v for k, v in first_run.items() if k != "_dir"})
     assert deterministic_part(resumed) == expected
@@ -134,8 +134,11 @@ def test_budget_overrun_is_refused(tmp_path):
 
 def test_budget_too_small_for_random(tmp_path):
     run = Run.create(RunConfig(strategy="random", budget=3), tmp_path, SilentObserver())
-    with pytest.raises(UserError, match="cannot give each of 4 tasks a stage"):
+    with pytest.raises(
+        UserError, match="too small: one stage for each of 4 tasks needs at least 4"
+    ):
         run.execute()
+    assert not run.dir.exists()  # failed before any stage: nothing is left behind
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -225,7 +228,7 @@ def test_sigkill_mid_run_then_cli_resume_gives_the_same_result(first_run, tmp_pa
     state = None
     while time.monotonic() < deadline and proc.poll() is None:
         states = list(out.glob("*/state.json"))
-        if states and len(json.loads(states[0].read_text())["stages"]) >= 2:
+        if states and len(json.loads(states[0].read_text())["items"]) >= 2:
             state = states[0]
             break
         time.sleep(0.05)

@@ -1,0 +1,189 @@
+"""``result.json``: a finished run's state turned into the schema-versioned record.
+
+The matrix R holds the *main line* only (row 0 = base, then one row per main-line stage or
+merge), because the continual-learning metrics of DESIGN §5 are defined on it. Branches
+and probes keep their rows under ``branches``; a merge's branch rows give the merge loss.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from ctbench.metrics import all_metrics, merge_loss, metrics_to_json
+from ctbench.provenance import config_hash, environment
+from ctbench.rewards import chance_level
+
+if TYPE_CHECKING:
+    from ctbench.compute import ComputeMeter
+    from ctbench.plugins import ResolvedStrategy
+    from ctbench.run import RunConfig
+    from ctbench.strategy import Strategy
+    from ctbench.track import Track
+
+SCHEMA_VERSION = 1
+
+
+def is_main_line(item: dict[str, Any]) -> bool:
+    return item["kind"] == "merge" or not (item["branch"] or item["probe"])
+
+
+def trained_tasks(item: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> set[str]:
+    """Tasks whose training an item's model carries: a merge carries its sources' tasks."""
+    if item["kind"] == "stage":
+        tasks = set(item["tasks"])
+        if item["start"] in by_name:
+            tasks |= trained_tasks(by_name[item["start"]], by_name)
+        return tasks
+    return set().union(*(trained_tasks(by_name[s], by_name) for s in item["sources"]))
+
+
+def _cells(row: dict[str, dict[str, float]], names: list[str], key: str) -> list[float]:
+    return [row[n][key] for n in names]
+
+
+def build_result(
+    *,
+    run_id: str,
+    config: RunConfig,
+    budget: int,
+    track: Track,
+    resolved: ResolvedStrategy,
+    strategy: Strategy,
+    report: dict[str, Any],
+    state: dict[str, Any],
+    meter: ComputeMeter,
+    base_report: dict[str, Any],
+    device: str,
+    engine_config: dict[str, Any],
+) -> dict[str, Any]:
+    names = list(track.tasks)
+    rows = state["rows"]
+    items = [entry["item"] for entry in state["items"]]
+    by_name = {item["name"]: item for item in items if item["name"]}
+    main_rows = [0] + [i + 1 for i, item in enumerate(items) if is_main_line(item)]
+    main_items = [items[i - 1] for i in main_rows[1:]]
+    matrix = [_cells(rows[i], names, "score") for i in main_rows]
+    chances = {n: chance_level(t) for n, t in track.tasks.items()}
+    schedule = [{names.index(t) for t in trained_tasks(item, by_name)} for item in main_items]
+    metrics = metrics_to_json(all_metrics(matrix, schedule)) if schedule else {}
+    branches = [
+        {
+            "index": i + 1,
+            "name": item["name"],
+            "probe": item["probe"],
+            "tasks": item["tasks"],
+            "steps": item["steps"],
+            "R": _cells(rows[i + 1], names, "score"),
+            "stderr": _cells(rows[i + 1], names, "stderr"),
+            "n": _cells(rows[i + 1], names, "n"),
+            "token_entropy": _cells(rows[i + 1], names, "token_entropy"),
+        }
+        for i, item in enumerate(items)
+        if not is_main_line(item)
+    ]
+    if main_items and main_items[-1]["kind"] == "merge":
+        metrics.update(_merge_metrics(main_items[-1], by_name, branches, matrix[-1], names))
+    stages = [
+        {"index": i + 1, **entry["item"], "trace": entry["trace"]}
+        for i, entry in enumerate(state["items"])
+    ]
+    resolved_config = {
+        "config": asdict(config),
+        "budget": budget,
+        "track_hash": track.content_hash(),
+        "strategy_params": strategy.params,
+        "strategy_source_hash": resolved.source_hash(),
+    }
+    stage_steps = [item["steps"] for item in items if item["kind"] == "stage"]
+    probe_steps = sum(item["steps"] for item in items if item["kind"] == "stage" and item["probe"])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "config_hash": config_hash(resolved_config),
+        "track": {
+            "name": track.spec.name,
+            "version": track.spec.version,
+            "hash": track.content_hash(),
+        },
+        "strategy": {
+            "name": resolved.name,
+            "class": strategy.name,
+            "version": type(strategy).version,
+            "params": strategy.params,
+            "source_hash": resolved.source_hash(),
+            "origin": resolved.origin,
+            "report": report,
+        },
+        "seed": config.seed,
+        "budget": {"steps": budget, "spent_steps": sum(stage_steps), "probe_steps": probe_steps},
+        "tasks": names,
+        "task_info": {
+            n: {
+                "domain": t.spec.domain,
+                "chance": chances[n],
+                "eval_size": len(t.eval),
+                "reward_kind": t.spec.reward.kind,
+                "version": t.spec.version,
+                "hash": t.content_hash(),
+            }
+            for n, t in track.tasks.items()
+        },
+        "engine": engine_config,
+        "stages": stages,
+        "matrix": {
+            "rows": ["base"]
+            + [
+                f"{item['kind']} {i}: {item['name'] or ','.join(item.get('tasks', []))}"
+                for i, item in zip(main_rows[1:], main_items, strict=True)
+            ],
+            "item_index": main_rows,
+            "R": matrix,
+            "stderr": [_cells(rows[i], names, "stderr") for i in main_rows],
+            "n": [_cells(rows[i], names, "n") for i in main_rows],
+            "normalised": [
+                [(rows[i][n]["score"] - chances[n]) / (1 - chances[n]) for n in names]
+                for i in main_rows
+            ],
+        },
+        "branches": branches,
+        "metrics": metrics,
+        "entropy": {
+            "token": [_cells(rows[i], names, "token_entropy") for i in main_rows],
+            "sequence": [_cells(rows[i], names, "sequence_entropy") for i in main_rows],
+            "distinct_ratio": [_cells(rows[i], names, "distinct_ratio") for i in main_rows],
+        },
+        "compute": meter.to_json(),
+        "base": {
+            k: base_report.get(k) for k in ("steps", "final_dev", "source") if k in base_report
+        },
+        "env": environment(device),
+        "timestamps": {
+            "started": state["started"],
+            "finished": dt.datetime.now(dt.UTC).isoformat(),
+        },
+    }
+
+
+def _merge_metrics(
+    merge: dict[str, Any],
+    by_name: dict[str, dict[str, Any]],
+    branches: list[dict[str, Any]],
+    final_row: list[float],
+    names: list[str],
+) -> dict[str, Any]:
+    """Merge loss when every task has exactly one single-task branch among the sources."""
+    rows_by_name = {b["name"]: b["R"] for b in branches}
+    expert_for: dict[str, str] = {}
+    for source in merge["sources"]:
+        tasks = by_name[source]["tasks"] if by_name[source]["kind"] == "stage" else []
+        if len(tasks) == 1:
+            expert_for.setdefault(tasks[0], source)
+    if set(expert_for) != set(names):
+        return {
+            "merge_loss": None,
+            "merge_loss_reason": "the merge's sources are not one single-task branch per task",
+        }
+    value = merge_loss(final_row, [rows_by_name[expert_for[n]] for n in names])
+    return metrics_to_json({"merge_loss": value})
