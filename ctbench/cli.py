@@ -25,6 +25,7 @@ class RichObserver:
         self.base_bar = None
         self.step_bar = None
         self.last_reward: float | None = None
+        self.current = ""
 
     def base_progress(self, step: int, total: int, dev: dict[str, float]) -> None:
         if self.base_bar is None:
@@ -47,6 +48,7 @@ class RichObserver:
         if self.step_bar is not None:
             self.progress.remove_task(self.step_bar)
         self.step_bar = self.progress.add_task(label, total=max(stage.steps, 1))
+        self.current = stage.name or label
 
     def step_done(self, log) -> None:
         if self.step_bar is not None:
@@ -54,7 +56,7 @@ class RichObserver:
 
     def stage_finished(self, index: int, row) -> None:
         scores = "  ".join(f"{name} {e.score:.3f}" for name, e in row.items())
-        self.progress.console.print(f"  after stage {index}: {scores}")
+        self.progress.console.print(f"  after {index} ({self.current}): {scores}")
 
     def note(self, message: str) -> None:
         self.progress.console.print(message)
@@ -89,10 +91,31 @@ def print_result(result: dict[str, Any]) -> None:
     ):
         table.add_row(label, *(f"{v:.3f}±{e:.3f}" for v, e in zip(row, errs, strict=True)))
     out.print(table)
+    if result["branches"]:
+        aside = Table(title="branches and probes (trained aside; not rows of R)")
+        aside.add_column("name")
+        for task in tasks:
+            aside.add_column(task, justify="right")
+        for branch in result["branches"]:
+            kind = "probe" if branch["probe"] else "branch"
+            aside.add_row(f"{kind} {branch['name']}", *(f"{v:.3f}" for v in branch["R"]))
+        out.print(aside)
+    report = result["strategy"]["report"]
+    if "order" in report:
+        out.print(f"order: {' > '.join(report['order'])}")
+    if "predicted_final" in report:
+        final = dict(zip(tasks, result["matrix"]["R"][-1], strict=True))
+        out.print(
+            "predicted final (additive): "
+            + "  ".join(
+                f"{t} {report['predicted_final'][t]:.3f} (measured {final[t]:.3f})" for t in tasks
+            )
+        )
     metrics = Table(title="metrics")
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")
-    for name in ("acc", "bwt", "fwt", "forgetting", "forgetting_diagonal", "learning_accuracy"):
+    names = ["acc", "bwt", "fwt", "forgetting", "forgetting_diagonal", "learning_accuracy"]
+    for name in names + (["merge_loss"] if "merge_loss" in result["metrics"] else []):
         value = result["metrics"].get(name)
         shown = (
             f"{value:+.4f}"
@@ -102,6 +125,8 @@ def print_result(result: dict[str, Any]) -> None:
         metrics.add_row(name, shown)
     train = result["compute"]["train"]
     metrics.add_row("train steps", str(train["optimizer_steps"]))
+    if result["budget"]["probe_steps"]:
+        metrics.add_row("probe steps", str(result["budget"]["probe_steps"]))
     metrics.add_row(
         "wall s (train/eval)", f"{train['wall_s']:.0f} / {result['compute']['eval']['wall_s']:.0f}"
     )
@@ -462,6 +487,71 @@ def validate_prediction_command(
                 f"Spearman {c['spearman']:+.3f} (p={c['spearman_p']:.3g}), n={c['n']}"
             )
     click.echo(report["path"])
+
+
+@cli.command()
+@click.option("--strategies", default="all", show_default=True, help="'all' (the six) or a,b,c.")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--track", default="tiny", show_default=True)
+@click.option("--budget", type=int, default=None, help="Total optimizer steps per cell.")
+@click.option("--out", default="runs", show_default=True, type=click.Path(path_type=Path))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--bootstrap", "samples", default=2000, show_default=True, type=int)
+def compare(
+    strategies: str,
+    seeds: str,
+    track: str,
+    budget: int | None,
+    out: Path,
+    device: str,
+    samples: int,
+) -> None:
+    """Run the (strategy × seed) grid (finished cells are reused) and compare with CIs."""
+    from ctbench.compare import parse_seeds, parse_strategies, run_grid, summarise, write_summary
+    from ctbench.track import load_track
+
+    names, seed_list = parse_strategies(strategies), parse_seeds(seeds)
+    load_track(track)
+    if budget is not None and budget <= 0:
+        raise UserError(f"expected a positive number of steps, got {budget}", where="--budget")
+    with _progress() as progress:
+        cells = run_grid(
+            names,
+            seed_list,
+            track=track,
+            out=out,
+            observer=RichObserver(progress),
+            budget=budget,
+            device=device,
+        )
+    summary = summarise(cells, samples=samples)
+    path = write_summary(summary, out, track)
+    table = Table(
+        title=f"{track}: {len(names)} strategies × seeds {','.join(map(str, seed_list))} "
+        "(ACC: mean [95% bootstrap CI over seeds and eval items])"
+    )
+    for column in ("strategy", "ACC", "BWT", "forgetting", "steps", "wall s", "ACC − joint"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+
+    def fmt(value) -> str:
+        return "n/a" if value is None else f"{value:+.3f}"
+
+    for row in sorted(summary["rows"], key=lambda r: -r["acc"]["mean"]):
+        acc = row["acc"]
+        diff = row.get("minus_joint")
+        table.add_row(
+            row["strategy"],
+            f"{acc['mean']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]",
+            fmt(row["bwt"]),
+            fmt(row["forgetting"]),
+            f"{row['optimizer_steps']:.0f}",
+            f"{row['wall_s']:.0f}",
+            "—"
+            if diff is None
+            else f"{diff['mean']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}]",
+        )
+    Console().print(table)
+    click.echo(str(path))
 
 
 def main() -> None:

@@ -135,8 +135,8 @@ def build_result(
         "matrix": {
             "rows": ["base"]
             + [
-                f"{item['kind']} {i}: {item['name'] or ','.join(item.get('tasks', []))}"
-                for i, item in zip(main_rows[1:], main_items, strict=True)
+                f"{k}: {item['name'] or ','.join(item.get('tasks', []))}"
+                for k, item in enumerate(main_items, start=1)
             ],
             "item_index": main_rows,
             "R": matrix,

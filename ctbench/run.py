@@ -336,9 +336,9 @@ class Run:
                 f"yielded {type(item).__name__}; expected a Stage or a Merge", where=where
             )
         taken = set(ctx.names)
+        kept = set(state["kept"])  # branches and probes with a checkpoint on disk
         if isinstance(item, Merge):
-            known = set(state["kept"]) if index > len(state["items"]) else taken
-            missing = [s for s in item.sources if s not in known]
+            missing = [s for s in item.sources if s not in kept]
             if not item.sources or missing:
                 raise StrategyFailed(
                     f"merge {item.name!r} needs earlier branch names as sources; "
@@ -360,7 +360,7 @@ class Run:
                     "a stage needs a positive number of steps and a task with positive weight",
                     where=where,
                 )
-            if item.start not in (CURRENT, BASE) and item.start not in taken:
+            if item.start not in (CURRENT, BASE) and item.start not in kept:
                 raise StrategyFailed(
                     f"stage {item.name or index} starts from {item.start!r}, which is neither "
                     "'current', 'base' nor an earlier branch",

@@ -305,3 +305,17 @@ def test_example_submission_runs(tmp_path):
     structured = sorted(report["entropy_drop"], key=lambda t: -report["entropy_drop"][t])
     assert sorted(structured) == ["code", "math", "qa"]
     assert report["order"] == [*structured, "creative"]
+
+
+def test_readme_strategy_example_runs(tmp_path):
+    """The strategy the README shows a submitter is real code: it loads and runs."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Writing and submitting a strategy", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "mine.py").write_text(code)
+    result = Run.create(
+        RunConfig(strategy=f"{tmp_path / 'mine.py'}:StructuredFirst", budget=4),
+        tmp_path / "out",
+        SilentObserver(),
+    ).execute()
+    assert result["strategy"]["report"]["order"] == ["math", "code", "qa", "creative"]

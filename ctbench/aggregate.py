@@ -1,0 +1,98 @@
+"""Aggregating runs over seeds: means with bootstrap 95% CIs, and paired differences.
+
+A leaderboard row is worth its uncertainty. The score of one run is itself a mean over
+eval items, so the bootstrap resamples at both levels: seeds with replacement, then, for
+each drawn seed, that run's eval items with replacement (task by task; ACC is the mean of
+the task means). With one seed only the item level remains, which is said in the output.
+Paired differences against a reference strategy pair runs by seed (same seed, same base,
+same data order where the strategies share it) and resample seeds and items the same way.
+
+Pure functions of per-item score arrays; the caller reads them from run folders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# One run's final per-item scores: task → scores of its eval items (in eval order).
+RunItems = Mapping[str, Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float
+    high: float
+    n_seeds: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "mean": self.mean,
+            "ci_low": self.low,
+            "ci_high": self.high,
+            "n_seeds": self.n_seeds,
+        }
+
+
+def run_acc(items: RunItems) -> float:
+    """ACC of one run: the mean over tasks of the task's mean item score."""
+    return float(np.mean([np.mean(scores) for scores in items.values()]))
+
+
+def _resampled_acc(items: RunItems, rng: np.random.Generator) -> float:
+    means = []
+    for scores in items.values():
+        values = np.asarray(scores, dtype=np.float64)
+        means.append(values[rng.integers(0, len(values), len(values))].mean())
+    return float(np.mean(means))
+
+
+def bootstrap_acc(
+    runs: Sequence[RunItems], *, samples: int = 2000, seed: int = 0, level: float = 0.95
+) -> Interval:
+    """Mean ACC over runs (seeds) with a two-level percentile bootstrap CI."""
+    if not runs:
+        raise ValueError("no runs to aggregate")
+    rng = np.random.default_rng(seed)
+    draws = np.empty(samples)
+    for b in range(samples):
+        chosen = rng.integers(0, len(runs), len(runs))
+        draws[b] = np.mean([_resampled_acc(runs[i], rng) for i in chosen])
+    alpha = (1.0 - level) / 2.0
+    return Interval(
+        mean=float(np.mean([run_acc(r) for r in runs])),
+        low=float(np.quantile(draws, alpha)),
+        high=float(np.quantile(draws, 1.0 - alpha)),
+        n_seeds=len(runs),
+    )
+
+
+def bootstrap_paired_difference(
+    runs: Mapping[int, RunItems],
+    reference: Mapping[int, RunItems],
+    *,
+    samples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Interval:
+    """ACC(runs) − ACC(reference) over the seeds both have, paired by seed."""
+    shared = sorted(set(runs) & set(reference))
+    if not shared:
+        raise ValueError("the two strategies share no seed")
+    rng = np.random.default_rng(seed)
+    draws = np.empty(samples)
+    for b in range(samples):
+        chosen = [shared[i] for i in rng.integers(0, len(shared), len(shared))]
+        draws[b] = np.mean(
+            [_resampled_acc(runs[s], rng) - _resampled_acc(reference[s], rng) for s in chosen]
+        )
+    alpha = (1.0 - level) / 2.0
+    return Interval(
+        mean=float(np.mean([run_acc(runs[s]) - run_acc(reference[s]) for s in shared])),
+        low=float(np.quantile(draws, alpha)),
+        high=float(np.quantile(draws, 1.0 - alpha)),
+        n_seeds=len(shared),
+    )

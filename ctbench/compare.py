@@ -1,0 +1,118 @@
+"""``ctbench compare``: the (strategy × seed) grid, resumable, aggregated with CIs.
+
+Each cell is an ordinary run folder with a fixed name (``<strategy>-s<seed>``) under
+``<out>/compare-<track>/``, so a finished cell is read, an interrupted one resumes, and a
+missing one runs. Cells run one after another in this process (the local executor).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ctbench.aggregate import RunItems, bootstrap_acc, bootstrap_paired_difference
+from ctbench.atomic import write_json_atomic
+from ctbench.errors import UserError
+from ctbench.plugins import resolve_strategy
+from ctbench.run import Run, RunConfig, RunObserver
+
+REFERENCE_SIX = ("joint", "merge", "random", "bwt", "sft_then_rl", "chord")
+
+
+def parse_strategies(text: str) -> list[str]:
+    if text == "all":
+        return list(REFERENCE_SIX)
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise UserError("expected 'all' or a comma-separated list", where="--strategies")
+    for name in names:
+        resolve_strategy(name, where="--strategies")
+    return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise UserError(
+            f"expected comma-separated integers, got {text!r}", where="--seeds"
+        ) from exc
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"expected distinct seeds, got {text!r}", where="--seeds")
+    return seeds
+
+
+def final_items(run_dir: Path, result: dict[str, Any]) -> RunItems:
+    """Per-item scores of every task after the run's last main-line item."""
+    index = result["matrix"]["item_index"][-1]
+    items: dict[str, list[float]] = {}
+    for task in result["tasks"]:
+        path = run_dir / "samples" / f"stage-{index:02d}-{task}.jsonl"
+        items[task] = [json.loads(line)["score"] for line in path.read_text().splitlines()]
+    return items
+
+
+def run_grid(
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    track: str,
+    out: Path,
+    observer: RunObserver,
+    budget: int | None = None,
+    device: str = "auto",
+) -> dict[tuple[str, int], Path]:
+    folder = out / f"compare-{track}"
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = {}
+    for name in strategies:
+        for seed in seeds:
+            observer.note(f"cell {name} seed {seed}")
+            config = RunConfig(track=track, strategy=name, seed=seed, budget=budget, device=device)
+            run = Run.create(config, folder, observer, run_id=f"{name}-s{seed}")
+            run.execute()
+            cells[(name, seed)] = run.dir
+    return cells
+
+
+def summarise(
+    cells: dict[tuple[str, int], Path], reference: str = "joint", samples: int = 2000
+) -> dict[str, Any]:
+    results = {key: json.loads((path / "result.json").read_text()) for key, path in cells.items()}
+    items = {key: final_items(cells[key], result) for key, result in results.items()}
+    strategies = list(dict.fromkeys(name for name, _ in cells))
+    rows = []
+    for name in strategies:
+        seeds = sorted(seed for n, seed in cells if n == name)
+        chosen = [results[(name, s)] for s in seeds]
+        row: dict[str, Any] = {
+            "strategy": name,
+            "seeds": seeds,
+            "acc": bootstrap_acc([items[(name, s)] for s in seeds], samples=samples).to_json(),
+        }
+        for metric in ("bwt", "forgetting", "merge_loss"):
+            values = [r["metrics"].get(metric) for r in chosen]
+            defined = [v for v in values if v is not None]
+            row[metric] = sum(defined) / len(defined) if defined else None
+        row["optimizer_steps"] = sum(
+            sum(p["optimizer_steps"] for p in r["compute"].values()) for r in chosen
+        ) / len(chosen)
+        row["wall_s"] = sum(sum(p["wall_s"] for p in r["compute"].values()) for r in chosen) / len(
+            chosen
+        )
+        if name != reference and any(n == reference for n, _ in cells):
+            ours = {s: items[(name, s)] for s in seeds}
+            theirs = {s: items[(n, s)] for n, s in cells if n == reference}
+            row[f"minus_{reference}"] = bootstrap_paired_difference(
+                ours, theirs, samples=samples
+            ).to_json()
+        rows.append(row)
+    return {"reference": reference, "bootstrap_samples": samples, "rows": rows}
+
+
+def write_summary(summary: dict[str, Any], out: Path, track: str) -> Path:
+    path = out / f"compare-{track}" / "compare.json"
+    write_json_atomic(path, summary)
+    return path

@@ -1,0 +1,103 @@
+"""Seed aggregation (bootstrap CIs, paired differences) on known inputs, and the grid."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ctbench.aggregate import bootstrap_acc, bootstrap_paired_difference, run_acc
+from ctbench.compare import parse_seeds, parse_strategies, run_grid, summarise
+from ctbench.errors import UserError
+from ctbench.run import SilentObserver
+
+
+def test_run_acc_is_the_mean_of_task_means():
+    assert run_acc({"a": [1, 0, 1, 1], "b": [0, 0]}) == pytest.approx((0.75 + 0.0) / 2)
+
+
+def test_constant_scores_give_a_zero_width_interval():
+    runs = [{"a": [0.5] * 10, "b": [0.25] * 4}] * 3
+    ci = bootstrap_acc(runs, samples=200)
+    assert (ci.mean, ci.low, ci.high, ci.n_seeds) == pytest.approx((0.375, 0.375, 0.375, 3))
+
+
+def test_interval_covers_the_mean_and_narrows_with_more_seeds():
+    rng = np.random.default_rng(0)
+
+    def seed_run():
+        return {"a": list(rng.binomial(1, 0.6, 50)), "b": list(rng.binomial(1, 0.3, 50))}
+
+    few = bootstrap_acc([seed_run() for _ in range(2)], samples=500)
+    many = bootstrap_acc([seed_run() for _ in range(12)], samples=500)
+    assert few.low <= few.mean <= few.high and many.low <= many.mean <= many.high
+    assert many.high - many.low < few.high - few.low
+    assert 0.35 < many.mean < 0.55
+
+
+def test_paired_difference_of_a_uniform_shift_is_exact():
+    base = {s: {"a": [0.0, 0.5, 0.25]} for s in (0, 1, 2)}
+    better = {s: {"a": [v + 0.5 for v in base[s]["a"]]} for s in (0, 1, 2)}
+    # Resampling items independently on each side blurs a shift; with identical items per
+    # side (all equal) the difference is exactly the shift.
+    flat = {s: {"a": [0.25] * 3} for s in (0, 1, 2)}
+    shifted = {s: {"a": [0.75] * 3} for s in (0, 1, 2)}
+    diff = bootstrap_paired_difference(shifted, flat, samples=200)
+    assert (diff.mean, diff.low, diff.high) == pytest.approx((0.5, 0.5, 0.5))
+    loose = bootstrap_paired_difference(better, base, samples=500)
+    assert loose.mean == pytest.approx(0.5) and loose.low < 0.5 < loose.high
+    with pytest.raises(ValueError, match="share no seed"):
+        bootstrap_paired_difference({5: flat[0]}, flat, samples=10)
+
+
+def test_grid_arguments_are_checked():
+    assert parse_strategies("all") == ["joint", "merge", "random", "bwt", "sft_then_rl", "chord"]
+    with pytest.raises(UserError, match="unknown strategy 'nope'"):
+        parse_strategies("joint,nope")
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    for bad in ("0,0", "a", ""):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_grid_runs_cells_once_and_summarises(tmp_path):
+    cells = run_grid(
+        ["joint", "random"], [0, 1], track="tiny", out=tmp_path, observer=SilentObserver(), budget=4
+    )
+    stamps = {key: (path / "result.json").stat().st_mtime_ns for key, path in cells.items()}
+    again = run_grid(
+        ["joint", "random"], [0, 1], track="tiny", out=tmp_path, observer=SilentObserver(), budget=4
+    )
+    assert {k: (p / "result.json").stat().st_mtime_ns for k, p in again.items()} == stamps
+    summary = summarise(cells, samples=200)
+    rows = {row["strategy"]: row for row in summary["rows"]}
+    joint_accs = [
+        json.loads((cells[("joint", s)] / "result.json").read_text())["metrics"]["acc"]
+        for s in (0, 1)
+    ]
+    assert rows["joint"]["acc"]["mean"] == pytest.approx(sum(joint_accs) / 2)
+    assert rows["joint"]["acc"]["n_seeds"] == 2 and "minus_joint" not in rows["joint"]
+    assert rows["random"]["minus_joint"]["n_seeds"] == 2
+    assert rows["random"]["optimizer_steps"] == 4
+
+
+def test_compare_cli_bad_strategy_exits_2(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ctbench",
+            "compare",
+            "--strategies",
+            "nope",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "unknown strategy 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr
