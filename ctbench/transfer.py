@@ -9,7 +9,7 @@ position m of an order π is
 
 and the ``bwt`` order maximises Σ_m pred_final. The a* term does not depend on the order,
 so the search maximises the sum of Δ[later][earlier] over ordered pairs: a linear-ordering
-problem, solved exactly by enumeration for n ≤ 8 and by a DP over subsets up to 16 tasks
+problem, solved exactly by enumeration for n ≤ 6 and by a DP over subsets up to 16 tasks
 (O(2^n · n)), greedily with local swaps beyond.
 
 Here a*_j is estimated by the probe on j itself (base + Δ[j][j]); probes are shorter than
@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 Search = Literal["auto", "exhaustive", "dp", "greedy", "omni"]
-EXHAUSTIVE_MAX = 8
+EXHAUSTIVE_MAX = 6
 DP_MAX = 16
 
 
@@ -183,7 +183,7 @@ def _omni(transfer: TransferMatrix) -> list[int]:
 def best_order(transfer: TransferMatrix, search: Search = "auto") -> tuple[list[str], str]:
     """The order maximising Σ pred_final, and the search that found it.
 
-    ``auto``: exhaustive for n ≤ 8, subset DP for n ≤ 16, greedy beyond. Ties go to the
+    ``auto``: exhaustive for n ≤ 6, exact subset DP for n ≤ 16, greedy beyond. Ties go to the
     order that comes first in the task list's order, so the result is deterministic."""
     n = len(transfer.tasks)
     delta = np.asarray(transfer.delta, dtype=np.float64)
