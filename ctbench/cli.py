@@ -554,6 +554,73 @@ def compare(
     click.echo(str(path))
 
 
+@cli.group()
+def leaderboard() -> None:
+    """Build leaderboards from validated runs."""
+
+
+@leaderboard.command("build")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--track", default="tiny", show_default=True)
+@click.option(
+    "--budget", type=int, default=None, help="Steps every run must have (default: the track's)."
+)
+@click.option("--out", default="leaderboards", show_default=True, type=click.Path(path_type=Path))
+@click.option("--bootstrap", "samples", default=2000, show_default=True, type=int)
+def leaderboard_build(
+    runs: tuple[Path, ...], track: str, budget: int | None, out: Path, samples: int
+) -> None:
+    """Validate every result.json under RUNS, aggregate seeds, rank by ACC, write JSON."""
+    from ctbench.leaderboard import build_leaderboard, find_results, write_leaderboard
+    from ctbench.track import load_track
+
+    board = build_leaderboard(load_track(track), find_results(runs), budget=budget, samples=samples)
+    path = write_leaderboard(board, out)
+    table = Table(title=f"leaderboard {track} (budget {board['track']['budget_steps']} steps)")
+    for column in ("rank", "strategy", "ACC [95% CI]", "seeds", "BWT", "forgetting"):
+        table.add_column(column)
+    for entry in board["entries"]:
+        acc = entry["metrics"]["acc"]
+        bwt, forgetting = entry["metrics"]["bwt"], entry["metrics"]["forgetting"]
+        table.add_row(
+            str(entry["rank"]),
+            entry["strategy"],
+            f"{acc['mean']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]",
+            str(entry["n_seeds"]),
+            "n/a" if bwt is None else f"{bwt:+.3f}",
+            "n/a" if forgetting is None else f"{forgetting:+.3f}",
+        )
+    Console().print(table)
+    click.echo(str(path))
+
+
+@leaderboard.command("render")
+@click.option("--track", default="tiny", show_default=True)
+@click.option(
+    "--dir", "folder", default="leaderboards", show_default=True, type=click.Path(path_type=Path)
+)
+def leaderboard_render(track: str, folder: Path) -> None:
+    """Write <dir>/<track>.md and a self-contained <dir>/<track>.html from the JSON."""
+    import json
+
+    from ctbench.atomic import write_text_atomic
+    from ctbench.leaderboard_page import render_html, render_markdown
+
+    source = folder / f"{track}.json"
+    if not source.exists():
+        raise UserError(
+            "no leaderboard JSON; run `ctbench leaderboard build` first", where=str(source)
+        )
+    try:
+        board = json.loads(source.read_text())
+    except ValueError as exc:
+        raise UserError(f"not valid JSON: {exc}", where=str(source)) from exc
+    write_text_atomic(folder / f"{track}.md", render_markdown(board))
+    write_text_atomic(folder / f"{track}.html", render_html(board))
+    click.echo(str(folder / f"{track}.md"))
+    click.echo(str(folder / f"{track}.html"))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

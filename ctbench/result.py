@@ -8,6 +8,8 @@ and probes keep their rows under ``branches``; a merge's branch rows give the me
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,14 @@ if TYPE_CHECKING:
     from ctbench.track import Track
 
 SCHEMA_VERSION = 1
+
+
+def result_content_hash(result: dict[str, Any]) -> str:
+    """SHA-256 of the result's canonical JSON without its own ``result_hash`` field: a
+    leaderboard recomputes it, so a number edited after the run no longer matches."""
+    body = {k: v for k, v in result.items() if k != "result_hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def is_main_line(item: dict[str, Any]) -> bool:
@@ -98,7 +108,7 @@ def build_result(
     }
     stage_steps = [item["steps"] for item in items if item["kind"] == "stage"]
     probe_steps = sum(item["steps"] for item in items if item["kind"] == "stage" and item["probe"])
-    return {
+    result = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "config_hash": config_hash(resolved_config),
@@ -164,6 +174,8 @@ def build_result(
             "finished": dt.datetime.now(dt.UTC).isoformat(),
         },
     }
+    result["result_hash"] = result_content_hash(result)
+    return result
 
 
 def _merge_metrics(

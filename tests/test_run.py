@@ -40,7 +40,7 @@ class InterruptAt(SilentObserver):
 def deterministic_part(result: dict) -> dict:
     """Everything except wall-clock times, timestamps, the run id and the environment."""
     out = copy.deepcopy(result)
-    for key in ("run_id", "timestamps", "env"):
+    for key in ("run_id", "timestamps", "env", "result_hash"):
         out.pop(key)
     for phase in out["compute"].values():
         phase.pop("wall_s")

@@ -42,7 +42,9 @@ class InterruptAt(SilentObserver):
 
 
 def deterministic_part(result: dict) -> dict:
-    out = {k: v for k, v in result.items() if k not in ("run_id", "timestamps", "env")}
+    out = {
+        k: v for k, v in result.items() if k not in ("run_id", "timestamps", "env", "result_hash")
+    }
     out["compute"] = {
         phase: {k: v for k, v in values.items() if k != "wall_s"}
         for phase, values in result["compute"].items()

@@ -1,0 +1,175 @@
+"""Rendering a leaderboard JSON as Markdown and as one self-contained static HTML page.
+
+The page has no external assets (no CDN, no fonts, no images): a sortable table, and per
+strategy an R heatmap (coloured table cells) and token-entropy curves (inline SVG), so it
+can be published as is and opened offline.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+
+def _fmt(value: float | None, signed: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _steps(entry: dict[str, Any]) -> float:
+    return sum((phase["optimizer_steps"] or 0) for phase in entry["compute"].values())
+
+
+def _wall(entry: dict[str, Any]) -> float:
+    return sum((phase["wall_s"] or 0) for phase in entry["compute"].values())
+
+
+def render_markdown(board: dict[str, Any]) -> str:
+    track = board["track"]
+    lines = [
+        f"# Leaderboard: track `{track['name']}` (v{track['version']}, hash `{track['hash']}`)",
+        "",
+        f"Budget: {track['budget_steps']} optimizer steps per run. Tasks: "
+        f"{', '.join(track['tasks'])}. Ranked by {board['ranked_by']}. "
+        f"Built with ctbench {board['ctbench_version']} on {board['built'][:10]}.",
+        "",
+        "| rank | strategy | ACC | 95% CI | seeds | BWT | forgetting | steps | wall s | params |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in board["entries"]:
+        acc = e["metrics"]["acc"]
+        params = ", ".join(f"{k}={v}" for k, v in e["params"].items()) or "—"
+        lines.append(
+            f"| {e['rank']} | `{e['strategy']}` v{e['version']} | {acc['mean']:.3f} | "
+            f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] | {e['n_seeds']} | "
+            f"{_fmt(e['metrics']['bwt'])} | {_fmt(e['metrics']['forgetting'])} | "
+            f"{_steps(e):.0f} | {_wall(e):.0f} | {params} |"
+        )
+    lines += ["", "Result hashes per entry are in the JSON next to this file.", ""]
+    return "\n".join(lines)
+
+
+def _heat(value: float) -> str:
+    hue = 120 * max(0.0, min(1.0, value))  # red (0) → green (1)
+    return f"background:hsl({hue:.0f},70%,80%)"
+
+
+def _heatmap(entry: dict[str, Any], tasks: list[str]) -> str:
+    example = entry["example"]
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in tasks)
+    body = "".join(
+        "<tr><th>"
+        + html.escape(label)
+        + "</th>"
+        + "".join(f'<td style="{_heat(v)}">{v:.3f}</td>' for v in row)
+        + "</tr>"
+        for label, row in zip(example["rows"], example["R"], strict=True)
+    )
+    return f'<table class="heat"><tr><th>after</th>{head}</tr>{body}</table>'
+
+
+def _entropy_svg(entry: dict[str, Any], tasks: list[str]) -> str:
+    series = entry["example"]["token_entropy"]
+    width, height, pad = 320, 140, 24
+    top = max((v for row in series for v in row), default=1.0) or 1.0
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    steps = max(len(series) - 1, 1)
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="token entropy">']
+    for j, task in enumerate(tasks):
+        points = " ".join(
+            f"{pad + (width - 2 * pad) * k / steps:.1f},"
+            f"{height - pad - (height - 2 * pad) * row[j] / top:.1f}"
+            for k, row in enumerate(series)
+        )
+        colour = colours[j % len(colours)]
+        parts.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
+        )
+        label = html.escape(task)
+        parts.append(
+            f'<text x="{pad + 70 * j}" y="12" fill="{colour}" font-size="11">{label}</text>'
+        )
+    parts.append(
+        f'<text x="{pad}" y="{height - 4}" font-size="10">row of R (base → last stage); '
+        f"top = {top:.2f} nats</text></svg>"
+    )
+    return "".join(parts)
+
+
+_SCRIPT = """
+document.querySelectorAll('#board th').forEach((th, column) => {
+  th.addEventListener('click', () => {
+    const body = document.querySelector('#board tbody');
+    const rows = Array.from(body.rows);
+    const ascending = th.dataset.order !== 'asc';
+    th.dataset.order = ascending ? 'asc' : 'desc';
+    rows.sort((a, b) => {
+      const x = a.cells[column].dataset.value, y = b.cells[column].dataset.value;
+      const nx = parseFloat(x), ny = parseFloat(y);
+      const both = !isNaN(nx) && !isNaN(ny);
+      const cmp = both ? nx - ny : String(x).localeCompare(String(y));
+      return ascending ? cmp : -cmp;
+    });
+    rows.forEach(row => body.appendChild(row));
+  });
+});
+"""
+
+
+def render_html(board: dict[str, Any]) -> str:
+    track = board["track"]
+    tasks = list(track["tasks"])
+    header = "".join(
+        f"<th>{name}</th>"
+        for name in ("rank", "strategy", "ACC", "95% CI", "seeds", "BWT", "forgetting", "steps")
+    )
+    rows, sections = [], []
+    for e in board["entries"]:
+        acc = e["metrics"]["acc"]
+        cells = [
+            (e["rank"], str(e["rank"])),
+            (e["strategy"], html.escape(e["strategy"])),
+            (acc["mean"], f"{acc['mean']:.3f}"),
+            (acc["ci_low"], f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]"),
+            (e["n_seeds"], str(e["n_seeds"])),
+            (e["metrics"]["bwt"], _fmt(e["metrics"]["bwt"])),
+            (e["metrics"]["forgetting"], _fmt(e["metrics"]["forgetting"])),
+            (_steps(e), f"{_steps(e):.0f}"),
+        ]
+        rows.append(
+            '<tr class="entry">'
+            + "".join(
+                f'<td data-value="{html.escape(str(v if v is not None else ""))}">{text}</td>'
+                for v, text in cells
+            )
+            + "</tr>"
+        )
+        params = html.escape(json.dumps(e["params"], sort_keys=True))
+        sections.append(
+            f'<section id="{html.escape(e["strategy"])}"><h2>{e["rank"]}. '
+            f"{html.escape(e['strategy'])}</h2><p>params {params}; source hash "
+            f"<code>{html.escape(e['source_hash'])}</code>; R and entropy of seed "
+            f"{e['example']['seed']}</p><div class=pair>{_heatmap(e, tasks)}"
+            f"{_entropy_svg(e, tasks)}</div></section>"
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>ctbench leaderboard: {html.escape(track["name"])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 1100px; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
+#board th {{ cursor: pointer; background: #f3f3f3; }}
+.pair {{ display: flex; gap: 2rem; align-items: flex-start; flex-wrap: wrap; }}
+</style></head><body>
+<h1>ctbench leaderboard — track <code>{html.escape(track["name"])}</code></h1>
+<p>Track hash <code>{html.escape(track["hash"])}</code>; {track["budget_steps"]} optimizer steps
+per run; tasks {html.escape(", ".join(tasks))}. Ranked by {html.escape(board["ranked_by"])}.
+Built with ctbench {html.escape(board["ctbench_version"])}. Click a column to sort.</p>
+<table id="board"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>
+{"".join(sections)}
+<script>{_SCRIPT}</script>
+</body></html>
+"""

@@ -1,0 +1,197 @@
+"""Leaderboard validation refuses edited, foreign, malformed, duplicate and off-budget runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ctbench.errors import UserError
+from ctbench.leaderboard import build_leaderboard, find_results, write_leaderboard
+from ctbench.result import result_content_hash
+from ctbench.run import Run, RunConfig, SilentObserver
+
+BUDGET = 2
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("board")
+    made = {}
+    for name, seed, budget in (("joint", 0, BUDGET), ("joint", 1, BUDGET), ("joint", 2, 3)):
+        run = Run.create(
+            RunConfig(strategy=name, seed=seed, budget=budget),
+            out,
+            SilentObserver(),
+            run_id=f"{name}-s{seed}-b{budget}",
+        )
+        run.execute()
+        made[f"{name}-s{seed}-b{budget}"] = run.dir
+    return made
+
+
+def copy_run(source: Path, target: Path, edit=None, rehash: bool = False) -> Path:
+    shutil.copytree(source, target)
+    if edit is not None:
+        result = json.loads((target / "result.json").read_text())
+        edit(result)
+        if rehash:
+            result["result_hash"] = result_content_hash(result)
+        (target / "result.json").write_text(json.dumps(result))
+    return target
+
+
+def test_builds_ranks_and_aggregates_seeds(runs, tiny_track, tmp_path):
+    board = build_leaderboard(
+        tiny_track, [runs["joint-s0-b2"], runs["joint-s1-b2"]], budget=BUDGET, samples=200
+    )
+    assert board["schema_version"] == 1 and board["track"]["hash"] == tiny_track.content_hash()
+    (entry,) = board["entries"]
+    results = [
+        json.loads((runs[k] / "result.json").read_text()) for k in ("joint-s0-b2", "joint-s1-b2")
+    ]
+    assert entry["n_seeds"] == 2 and entry["seeds"] == [0, 1] and entry["rank"] == 1
+    assert entry["metrics"]["acc"]["mean"] == pytest.approx(
+        sum(r["metrics"]["acc"] for r in results) / 2
+    )
+    assert [r["result_hash"] for r in entry["results"]] == [r["result_hash"] for r in results]
+    path = write_leaderboard(board, tmp_path)
+    assert json.loads(path.read_text())["entries"][0]["strategy"] == "joint"
+
+
+def _refused(tiny_track, dirs, message):
+    with pytest.raises(UserError, match=message):
+        build_leaderboard(tiny_track, dirs, budget=BUDGET, samples=50)
+
+
+def test_edited_metric_is_refused(runs, tiny_track, tmp_path):
+    def edit(result):
+        result["metrics"]["acc"] += 0.1
+
+    bad = copy_run(runs["joint-s0-b2"], tmp_path / "edited", edit)
+    _refused(tiny_track, [bad], "content hash mismatch")
+
+
+def test_wrong_track_hash_is_refused_even_when_rehashed(runs, tiny_track, tmp_path):
+    def edit(result):
+        result["track"]["hash"] = "0" * 16
+
+    bad = copy_run(runs["joint-s0-b2"], tmp_path / "foreign", edit, rehash=True)
+    _refused(tiny_track, [bad], "track hash 0000000000000000 is not track 'tiny'")
+
+
+def test_schema_violation_is_refused(runs, tiny_track, tmp_path):
+    def edit(result):
+        del result["matrix"]["R"]
+
+    bad = copy_run(runs["joint-s0-b2"], tmp_path / "schema", edit, rehash=True)
+    _refused(tiny_track, [bad], "schema violation: matrix.R is missing")
+
+
+def test_duplicate_entry_is_refused(runs, tiny_track, tmp_path):
+    twin = copy_run(runs["joint-s0-b2"], tmp_path / "twin")
+    _refused(tiny_track, [runs["joint-s0-b2"], twin], "duplicate entry: joint seed 0")
+
+
+def test_over_budget_compute_is_refused(runs, tiny_track, tmp_path):
+    _refused(tiny_track, [runs["joint-s2-b3"]], "over budget or off budget: the run had 3 steps")
+
+    def edit(result):  # claims the right budget but booked more steps than it reports
+        result["budget"]["steps"] = BUDGET
+        result["budget"]["spent_steps"] = BUDGET
+
+    sneaky = copy_run(runs["joint-s2-b3"], tmp_path / "sneaky", edit, rehash=True)
+    _refused(tiny_track, [sneaky], "compute does not add up: 3 optimizer steps booked")
+
+
+def test_find_results_reads_folders_of_runs(runs, tmp_path):
+    parent = next(iter(runs.values())).parent
+    assert len(find_results([parent])) == 3
+    with pytest.raises(UserError, match="no finished runs"):
+        find_results([tmp_path])
+
+
+def test_render_markdown_and_html_show_every_entry(runs, tiny_track, tmp_path):
+    from html.parser import HTMLParser
+
+    from ctbench.leaderboard_page import render_html, render_markdown
+
+    board = build_leaderboard(
+        tiny_track, [runs["joint-s0-b2"], runs["joint-s1-b2"]], budget=BUDGET, samples=50
+    )
+    markdown = render_markdown(board)
+    assert "| 1 | `joint` v1 |" in markdown and board["track"]["hash"] in markdown
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.entries, self.sections, self.external = 0, [], []
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "tr" and attrs.get("class") == "entry":
+                self.entries += 1
+            if tag == "section":
+                self.sections.append(attrs["id"])
+            if attrs.get("src") or (tag == "link" and attrs.get("href")):
+                self.external.append(tag)
+
+    page = Collect()
+    page.feed(render_html(board))
+    assert page.entries == len(board["entries"]) == 1
+    assert page.sections == ["joint"] and page.external == []  # self-contained
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--dump-dom",
+]
+
+
+def load_in_chromium(page: Path, profile: Path) -> tuple[str, list[str]]:
+    """The DOM after the page's scripts ran, and every console message it logged."""
+    import subprocess
+
+    proc = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    return proc.stdout, console
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+def test_page_loads_in_headless_chromium_without_console_errors(runs, tiny_track, tmp_path):
+    from ctbench.leaderboard_page import render_html
+
+    board = build_leaderboard(
+        tiny_track, [runs["joint-s0-b2"], runs["joint-s1-b2"]], budget=BUDGET, samples=50
+    )
+    page = tmp_path / "tiny.html"
+    page.write_text(render_html(board))
+    dom, console = load_in_chromium(page, tmp_path / "profile")
+    assert console == []
+    assert dom.count('class="entry"') == len(board["entries"])
+    assert all(f'<section id="{e["strategy"]}">' in dom for e in board["entries"])
+    # The check can fail: the same page with a script error is caught.
+    broken = tmp_path / "broken.html"
+    broken.write_text(render_html(board).replace("<script>", "<script>undefinedCall();", 1))
+    _, console = load_in_chromium(broken, tmp_path / "profile2")
+    assert any("undefinedCall" in line for line in console)
