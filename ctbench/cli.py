@@ -621,6 +621,45 @@ def leaderboard_render(track: str, folder: Path) -> None:
     click.echo(str(folder / f"{track}.html"))
 
 
+@cli.command()
+@click.argument("strategy")
+@click.option("--track", default="tiny", show_default=True)
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--budget", type=int, default=None, help="Steps per run (default: the track's).")
+@click.option("--out", default="submissions", show_default=True, type=click.Path(path_type=Path))
+@click.option("--device", default="auto", show_default=True)
+def submit(
+    strategy: str, track: str, seeds: str, budget: int | None, out: Path, device: str
+) -> None:
+    """Run a strategy on the track's seeds, validate it, and write a submission bundle."""
+    import json
+
+    from ctbench.compare import parse_seeds
+    from ctbench.submission import create_bundle, validate_bundle
+    from ctbench.track import load_track
+
+    seed_list = parse_seeds(seeds)
+    with _progress() as progress:
+        bundle = create_bundle(
+            strategy,
+            track_name=track,
+            seeds=seed_list,
+            out=out,
+            observer=RichObserver(progress),
+            budget=budget,
+            device=device,
+        )
+    the_track = load_track(track)
+    validate_bundle(bundle, the_track, budget or the_track.spec.budget_steps)
+    entry = json.loads((bundle / "manifest.json").read_text())["entry"]
+    acc = entry["metrics"]["acc"]
+    click.echo(
+        f"{entry['strategy']}: ACC {acc['mean']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] "
+        f"over seeds {entry['seeds']}"
+    )
+    click.echo(str(bundle))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

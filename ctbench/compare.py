@@ -71,7 +71,8 @@ def run_grid(
         for seed in seeds:
             observer.note(f"cell {name} seed {seed}")
             config = RunConfig(track=track, strategy=name, seed=seed, budget=budget, device=device)
-            run = Run.create(config, folder, observer, run_id=f"{name}-s{seed}")
+            cell = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+            run = Run.create(config, folder, observer, run_id=f"{cell}-s{seed}")
             run.execute()
             cells[(name, seed)] = run.dir
     return cells

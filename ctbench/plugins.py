@@ -61,11 +61,16 @@ class ResolvedStrategy:
 
     def source_hash(self) -> str:
         """Hash of the strategy's class file and recipe: what a leaderboard entry pins."""
-        digest = hashlib.sha256()
-        for path in self.files:
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-        return digest.hexdigest()[:16]
+        return files_hash(self.files)
+
+
+def files_hash(files: tuple[Path, ...] | list[Path]) -> str:
+    """SHA-256 (16 hex digits) over each file's name and bytes, in order."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def baselines_dir() -> Path:
