@@ -134,6 +134,9 @@ class StepLog:
     reward: float | None = None
     entropy: float | None = None
     reward_by_task: dict[str, float] = field(default_factory=dict)
+    # Token entropy of each task's sampled completions: a mixed batch's mean hides whether
+    # structured and open tasks move their entropy in opposite directions.
+    entropy_by_task: dict[str, float] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -287,12 +290,19 @@ class Engine:
         )
         tokens = rollout.generated_tokens
         self.meter.book(phase, samples=len(prompts), generated_tokens=tokens, trained_tokens=tokens)
+        row_entropy = (entropy.detach() * mask).sum(-1).view(len(items), group).sum(-1)
+        row_tokens = mask.sum(-1).view(len(items), group).sum(-1)
+        entropy_by_task = {
+            name: float(row_entropy[indices].sum() / row_tokens[indices].sum().clamp(min=1.0))
+            for name, indices in sorted(by_task.items())
+        }
         log = StepLog(
             step=-1,
             loss=float(loss.detach()),
             reward=float(rewards.mean()),
             entropy=float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1.0)),
             reward_by_task=reward_by_task,
+            entropy_by_task=entropy_by_task,
             extra=stats,
         )
         return loss, log

@@ -474,6 +474,7 @@ def _trace(logs: list[StepLog]) -> dict[str, Any]:
         "entropy": [log.entropy for log in logs],
         "loss": [log.loss for log in logs],
         "reward_by_task": [log.reward_by_task for log in logs],
+        "entropy_by_task": [log.entropy_by_task for log in logs],
     }
     if logs and "mu" in logs[0].extra:
         trace["mu"] = [log.extra["mu"] for log in logs]

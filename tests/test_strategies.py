@@ -321,3 +321,12 @@ def test_readme_strategy_example_runs(tmp_path):
         SilentObserver(),
     ).execute()
     assert result["strategy"]["report"]["order"] == ["math", "code", "qa", "creative"]
+
+
+def test_mixed_rl_steps_record_each_tasks_entropy(results):
+    """A joint batch mixes tasks; the trace keeps each task's own sampled-token entropy, and
+    the batch mean lies within the per-task range (it is their token-weighted mean)."""
+    trace = results["joint"]["stages"][0]["trace"]
+    for overall, by_task in zip(trace["entropy"], trace["entropy_by_task"], strict=True):
+        assert set(by_task) <= {"math", "code", "qa", "creative"} and len(by_task) >= 2
+        assert min(by_task.values()) - 1e-6 <= overall <= max(by_task.values()) + 1e-6
