@@ -2,13 +2,15 @@
 
 Each cell is an ordinary run folder with a fixed name (``<strategy>-s<seed>``) under
 ``<out>/compare-<track>/``, so a finished cell is read, an interrupted one resumes, and a
-missing one runs. Cells run one after another in this process (the local executor).
+missing one runs. Cells run one after another in this process (the local executor) or as
+Ray tasks on a local or existing cluster (``--executor ray``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,35 @@ def final_items(run_dir: Path, result: dict[str, Any]) -> RunItems:
     return items
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One (strategy, seed) run of the grid, with the fixed folder name that makes it
+    resumable: a finished cell is read, an interrupted one resumes, a missing one runs."""
+
+    strategy: str
+    seed: int
+    config: RunConfig
+    run_id: str
+
+
+def plan_cells(
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    track: str,
+    budget: int | None = None,
+    device: str = "auto",
+) -> list[Cell]:
+    cells = []
+    for name in strategies:
+        # A file reference (path/to/file.py:Class) becomes a safe folder name.
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+        for seed in seeds:
+            config = RunConfig(track=track, strategy=name, seed=seed, budget=budget, device=device)
+            cells.append(Cell(name, seed, config, f"{safe}-s{seed}"))
+    return cells
+
+
 def run_grid(
     strategies: Sequence[str],
     seeds: Sequence[int],
@@ -63,19 +94,31 @@ def run_grid(
     observer: RunObserver,
     budget: int | None = None,
     device: str = "auto",
+    executor: str = "local",
+    address: str | None = None,
+    cpus_per_cell: int | None = None,
 ) -> dict[tuple[str, int], Path]:
+    """Run every missing cell under ``<out>/compare-<track>/`` and return all cell folders.
+
+    ``local`` runs cells one after another in this process; ``ray`` dispatches them as Ray
+    tasks (see :mod:`ctbench.ray_executor`). Both write the same folders, so a grid started
+    on one executor can be finished on the other."""
     folder = out / f"compare-{track}"
     folder.mkdir(parents=True, exist_ok=True)
-    cells = {}
-    for name in strategies:
-        for seed in seeds:
-            observer.note(f"cell {name} seed {seed}")
-            config = RunConfig(track=track, strategy=name, seed=seed, budget=budget, device=device)
-            cell = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-            run = Run.create(config, folder, observer, run_id=f"{cell}-s{seed}")
-            run.execute()
-            cells[(name, seed)] = run.dir
-    return cells
+    cells = plan_cells(strategies, seeds, track=track, budget=budget, device=device)
+    if executor == "local":
+        for cell in cells:
+            observer.note(f"cell {cell.strategy} seed {cell.seed}")
+            Run.create(cell.config, folder, observer, run_id=cell.run_id).execute()
+    elif executor == "ray":
+        from ctbench.ray_executor import run_cells_on_ray
+
+        run_cells_on_ray(
+            cells, folder, observer=observer, address=address, cpus_per_cell=cpus_per_cell
+        )
+    else:
+        raise UserError(f"expected 'local' or 'ray', got {executor!r}", where="--executor")
+    return {(cell.strategy, cell.seed): folder / cell.run_id for cell in cells}
 
 
 def summarise(

@@ -101,3 +101,66 @@ def test_compare_cli_bad_strategy_exits_2(tmp_path):
     )
     assert proc.returncode == 2 and "unknown strategy 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _numbers(result: dict) -> dict:
+    """What a cell computed: everything but times, ids, hashes over them and the env."""
+    out = {k: v for k, v in result.items() if k not in ("run_id", "timestamps", "env")}
+    out.pop("result_hash")
+    out["compute"] = {
+        phase: {k: v for k, v in values.items() if k != "wall_s"}
+        for phase, values in result["compute"].items()
+    }
+    return out
+
+
+def test_ray_executor_runs_cells_as_ray_tasks_with_the_local_numbers(tmp_path):
+    """Two cells as tasks on a local Ray instance (one CPU and one torch thread each) give
+    exactly the numbers the local executor gives with one torch thread, and a finished grid
+    is not dispatched again."""
+    pytest.importorskip("ray", reason="Ray is in the test extras; install ctbench[test]")
+    import torch
+
+    grid = {"strategies": ["joint", "random"], "seeds": [0], "track": "tiny", "budget": 4}
+    on_ray = run_grid(
+        **grid, out=tmp_path / "ray", observer=SilentObserver(), executor="ray", cpus_per_cell=1
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_grid(**grid, out=tmp_path / "local", observer=SilentObserver())
+    finally:
+        torch.set_num_threads(threads)
+    for key in (("joint", 0), ("random", 0)):
+        ray_result = json.loads((on_ray[key] / "result.json").read_text())
+        local_result = json.loads((local[key] / "result.json").read_text())
+        assert ray_result["env"]["torch_threads"] == 1
+        assert _numbers(ray_result) == _numbers(local_result)
+    stamps = {k: (p / "result.json").stat().st_mtime_ns for k, p in on_ray.items()}
+    again = run_grid(**grid, out=tmp_path / "ray", observer=SilentObserver(), executor="ray")
+    assert {k: (p / "result.json").stat().st_mtime_ns for k, p in again.items()} == stamps
+
+
+def test_ray_executor_reports_a_failing_cell_clearly(tmp_path):
+    pytest.importorskip("ray", reason="Ray is in the test extras; install ctbench[test]")
+    strategy = tmp_path / "broken.py"
+    strategy.write_text(
+        "from ctbench.strategy import Strategy\n"
+        "class Broken(Strategy):\n"
+        "    '''Fails on purpose.'''\n"
+        "    name = 'broken'\n"
+        "    def schedule(self, ctx):\n"
+        "        raise RuntimeError('boom')\n"
+        "        yield\n"
+    )
+    with pytest.raises(UserError, match="boom"):
+        run_grid(
+            [f"{strategy}:Broken"],
+            [0],
+            track="tiny",
+            out=tmp_path / "runs",
+            observer=SilentObserver(),
+            budget=2,
+            executor="ray",
+        )
+    assert not any((tmp_path / "runs" / "compare-tiny").glob("*/result.json"))
