@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,6 @@ def strategies() -> None:
 )
 def base(track: str, rebuild: bool) -> None:
     """Show (or rebuild from its seed) the track's base checkpoint and its band report."""
-    import json
 
     from safetensors.torch import load_file
 
@@ -486,7 +486,45 @@ def validate_prediction_command(
                 f"{label}: Pearson {c['pearson']:+.3f} (p={c['pearson_p']:.3g}), "
                 f"Spearman {c['spearman']:+.3f} (p={c['spearman_p']:.3g}), n={c['n']}"
             )
+    from ctbench.plots import validation_plot_data, write_figures
+
+    write_figures(validation_plot_data(report), Path(report["path"]).parent / "plots")
     click.echo(report["path"])
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+def report(paths: tuple[Path, ...]) -> None:
+    """Write the figures (PNG) of runs into <run>/plots/.
+
+    PATHS are run folders, folders of runs (a compare grid), or validate-prediction folders:
+    R heatmap with branch and probe rows, forgetting after each stage, per-domain entropy over
+    stages and over RL steps, and where the run has them the Δ matrix and predicted vs
+    measured final scores."""
+    from ctbench.plots import plot_data, validation_plot_data, write_figures
+
+    targets = []
+    for path in paths:
+        if (path / "result.json").exists() or (path / "validation.json").exists():
+            targets.append(path)
+        elif path.is_dir() and any(path.glob("*/result.json")):
+            targets.extend(sorted(p.parent for p in path.glob("*/result.json")))
+        else:
+            raise UserError(
+                "not a finished run folder (no result.json), a folder of runs, or a "
+                "validate-prediction folder (no validation.json)",
+                where=str(path),
+            )
+    for target in targets:
+        is_run = (target / "result.json").exists()
+        source = target / ("result.json" if is_run else "validation.json")
+        try:
+            loaded = json.loads(source.read_text())
+            data = plot_data(loaded) if is_run else validation_plot_data(loaded)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"not a readable ctbench result: {exc!r}", where=str(source)) from exc
+        for written in write_figures(data, target / "plots"):
+            click.echo(str(written))
 
 
 @cli.command()
@@ -497,6 +535,24 @@ def validate_prediction_command(
 @click.option("--out", default="runs", show_default=True, type=click.Path(path_type=Path))
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bootstrap", "samples", default=2000, show_default=True, type=int)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: cells one after another here; ray: cells as Ray tasks.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join (e.g. auto or ray://head:10001); default: a local Ray.",
+)
+@click.option(
+    "--cpus-per-cell",
+    type=int,
+    default=None,
+    help="Ray CPUs (and torch threads) per cell on a CPU cluster [default: 1].",
+)
 def compare(
     strategies: str,
     seeds: str,
@@ -505,6 +561,9 @@ def compare(
     out: Path,
     device: str,
     samples: int,
+    executor: str,
+    address: str | None,
+    cpus_per_cell: int | None,
 ) -> None:
     """Run the (strategy × seed) grid (finished cells are reused) and compare with CIs."""
     from ctbench.compare import parse_seeds, parse_strategies, run_grid, summarise, write_summary
@@ -523,6 +582,9 @@ def compare(
             observer=RichObserver(progress),
             budget=budget,
             device=device,
+            executor=executor,
+            address=address,
+            cpus_per_cell=cpus_per_cell,
         )
     summary = summarise(cells, samples=samples)
     path = write_summary(summary, out, track)
@@ -601,7 +663,6 @@ def leaderboard_build(
 )
 def leaderboard_render(track: str, folder: Path) -> None:
     """Write <dir>/<track>.md and a self-contained <dir>/<track>.html from the JSON."""
-    import json
 
     from ctbench.atomic import write_text_atomic
     from ctbench.leaderboard_page import render_html, render_markdown
@@ -632,7 +693,6 @@ def submit(
     strategy: str, track: str, seeds: str, budget: int | None, out: Path, device: str
 ) -> None:
     """Run a strategy on the track's seeds, validate it, and write a submission bundle."""
-    import json
 
     from ctbench.compare import parse_seeds
     from ctbench.submission import create_bundle, validate_bundle

@@ -20,6 +20,7 @@ from ctbench.aggregate import bootstrap_acc
 from ctbench.atomic import write_json_atomic
 from ctbench.compare import final_items
 from ctbench.errors import UserError
+from ctbench.plots import plot_data
 from ctbench.result import result_content_hash
 from ctbench.track import Track
 
@@ -157,8 +158,25 @@ def build_leaderboard(
         "ranked_by": "acc (mean over seeds; 95% bootstrap CI over seeds and eval items)",
         "ctbench_version": __version__,
         "built": dt.datetime.now(dt.UTC).isoformat(),
+        "machines": sorted({machine_of(r) for runs in groups.values() for _, r in runs}),
+        "wall_s_total": sum(
+            phase.get("wall_s", 0.0)
+            for runs in groups.values()
+            for _, r in runs
+            for phase in r["compute"].values()
+        ),
         "entries": entries,
     }
+
+
+def machine_of(result: dict[str, Any]) -> str:
+    """One line naming the hardware a result ran on, from its recorded environment."""
+    env = result.get("env", {})
+    device = env.get("cuda") or env.get("device", "?")
+    return (
+        f"{env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, "
+        f"{env.get('torch_threads', '?')} torch threads, device {device}"
+    )
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -200,13 +218,9 @@ def _entry(runs: list[tuple[Path, dict[str, Any]]], samples: int) -> dict[str, A
             for r in results
         ],
         # One seed's trajectory for the page (orders may differ between seeds, so rows of
-        # R are not averaged): the matrix R and the token entropy after every main stage.
-        "example": {
-            "seed": results[0]["seed"],
-            "rows": results[0]["matrix"]["rows"],
-            "R": results[0]["matrix"]["R"],
-            "token_entropy": results[0]["entropy"]["token"],
-        },
+        # R are not averaged): what its figures need (R, forgetting, entropy over stages and
+        # steps, Δ and predictions where the strategy measured them).
+        "example": {"seed": results[0]["seed"], **plot_data(results[0])},
         "ctbench_versions": sorted({r.get("env", {}).get("ctbench", __version__) for r in results}),
     }
 

@@ -1,12 +1,15 @@
 """Rendering a leaderboard JSON as Markdown and as one self-contained static HTML page.
 
-The page has no external assets (no CDN, no fonts, no images): a sortable table, and per
-strategy an R heatmap (coloured table cells) and token-entropy curves (inline SVG), so it
-can be published as is and opened offline.
+The page has no external assets (no CDN, no fonts, no linked images): a sortable table,
+and per strategy an R heatmap (coloured table cells) and the example run's figures from
+:mod:`ctbench.plots` as inline PNG data (R with branch rows, forgetting, entropy over
+stages and steps, Δ and predicted-vs-measured where measured), so it can be published as
+is and opened offline.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from typing import Any
@@ -47,8 +50,22 @@ def render_markdown(board: dict[str, Any]) -> str:
             f"{_fmt(e['metrics']['bwt'])} | {_fmt(e['metrics']['forgetting'])} | "
             f"{_steps(e):.0f} | {_wall(e):.0f} | {params} |"
         )
-    lines += ["", "Result hashes per entry are in the JSON next to this file.", ""]
+    lines += ["", _provenance(board, markdown=True), ""]
+    lines += ["Result hashes per entry are in the JSON next to this file.", ""]
     return "\n".join(lines)
+
+
+def _provenance(board: dict[str, Any], *, markdown: bool = False) -> str:
+    """Where and how long: the machines the runs recorded and their summed wall time."""
+    machines = board.get("machines") or ["(not recorded)"]
+    wall = board.get("wall_s_total")
+    total = "n/a" if wall is None else f"{wall:.0f} s ({wall / 60:.1f} min)"
+    runs = sum(e["n_seeds"] for e in board["entries"])
+    quote = (lambda m: f"`{m}`") if markdown else (lambda m: html.escape(m))
+    return (
+        f"{runs} runs on {'; '.join(quote(m) for m in machines)}; "
+        f"wall time of all runs together: {total}."
+    )
 
 
 def _heat(value: float) -> str:
@@ -70,31 +87,20 @@ def _heatmap(entry: dict[str, Any], tasks: list[str]) -> str:
     return f'<table class="heat"><tr><th>after</th>{head}</tr>{body}</table>'
 
 
-def _entropy_svg(entry: dict[str, Any], tasks: list[str]) -> str:
-    series = entry["example"]["token_entropy"]
-    width, height, pad = 320, 140, 24
-    top = max((v for row in series for v in row), default=1.0) or 1.0
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    steps = max(len(series) - 1, 1)
-    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="token entropy">']
-    for j, task in enumerate(tasks):
-        points = " ".join(
-            f"{pad + (width - 2 * pad) * k / steps:.1f},"
-            f"{height - pad - (height - 2 * pad) * row[j] / top:.1f}"
-            for k, row in enumerate(series)
-        )
-        colour = colours[j % len(colours)]
+def _figures(entry: dict[str, Any]) -> str:
+    """The entry's example-run figures as inline PNGs (data URIs keep the page one file)."""
+    from ctbench.plots import figures, png_bytes
+
+    parts = []
+    for name, fig in figures(entry["example"]).items():
+        if name == "r_heatmap" and not entry["example"]["branches"]:
+            continue  # the coloured table above already shows a main line without branches
+        encoded = base64.b64encode(png_bytes(fig, dpi=80)).decode()
+        alt = f"{name.replace('_', ' ')} of {entry['strategy']} seed {entry['example']['seed']}"
         parts.append(
-            f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
+            f'<img class="figure" data-figure="{name}" alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{encoded}">'
         )
-        label = html.escape(task)
-        parts.append(
-            f'<text x="{pad + 70 * j}" y="12" fill="{colour}" font-size="11">{label}</text>'
-        )
-    parts.append(
-        f'<text x="{pad}" y="{height - 4}" font-size="10">row of R (base → last stage); '
-        f"top = {top:.2f} nats</text></svg>"
-    )
     return "".join(parts)
 
 
@@ -151,8 +157,8 @@ def render_html(board: dict[str, Any]) -> str:
             f'<section id="{html.escape(e["strategy"])}"><h2>{e["rank"]}. '
             f"{html.escape(e['strategy'])}</h2><p>params {params}; source hash "
             f"<code>{html.escape(e['source_hash'])}</code>; R and entropy of seed "
-            f"{e['example']['seed']}</p><div class=pair>{_heatmap(e, tasks)}"
-            f"{_entropy_svg(e, tasks)}</div></section>"
+            f"{e['example']['seed']}</p><div class=pair>{_heatmap(e, tasks)}</div>"
+            f"<div class=figures>{_figures(e)}</div></section>"
         )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -163,11 +169,14 @@ table {{ border-collapse: collapse; margin: 0.5rem 0; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
 #board th {{ cursor: pointer; background: #f3f3f3; }}
 .pair {{ display: flex; gap: 2rem; align-items: flex-start; flex-wrap: wrap; }}
+.figures {{ display: flex; gap: 1rem; flex-wrap: wrap; align-items: flex-start; }}
+.figure {{ max-width: 100%; border: 1px solid #eee; }}
 </style></head><body>
 <h1>ctbench leaderboard — track <code>{html.escape(track["name"])}</code></h1>
 <p>Track hash <code>{html.escape(track["hash"])}</code>; {track["budget_steps"]} optimizer steps
 per run; tasks {html.escape(", ".join(tasks))}. Ranked by {html.escape(board["ranked_by"])}.
 Built with ctbench {html.escape(board["ctbench_version"])}. Click a column to sort.</p>
+<p>{_provenance(board)}</p>
 <table id="board"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>
 {"".join(sections)}
 <script>{_SCRIPT}</script>

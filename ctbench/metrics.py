@@ -37,6 +37,7 @@ __all__ = [
     "backward_transfer",
     "first_last_stage",
     "forgetting_diagonal",
+    "forgetting_matrix",
     "forgetting_max",
     "forward_transfer",
     "learning_accuracy",
@@ -248,6 +249,28 @@ def forgetting_max(R: Matrix, schedule: Schedule) -> MetricValue:
         "Forgetting is undefined: no task is trained before the final stage (e.g. joint "
         "training in one stage), so there is no later stage in which it could be forgotten.",
     )
+
+
+def forgetting_matrix(R: Matrix, schedule: Schedule) -> list[list[float | None]]:
+    """Forgetting after every stage: ``f[k-1][j] = max_{s_j <= m < k} R[m][j] - R[k][j]``.
+
+    Rows are stages ``k = 1..S``; a cell is ``None`` until task ``j`` has been trained in an
+    earlier stage (``s_j < k``), because there is nothing to forget yet. The last row is the
+    per-task max-based forgetting of :func:`forgetting_max`; the rows before it show *when*
+    the loss happened, which the final number alone hides.
+    """
+    rows, stages = _check(R, schedule)
+    S, n = len(stages), len(rows[0])
+    first, _ = first_last_stage(stages, n)
+    return [
+        [
+            max(rows[m][j] for m in range(s, k)) - rows[k][j]
+            if (s := first[j]) is not None and s < k
+            else None
+            for j in range(n)
+        ]
+        for k in range(1, S + 1)
+    ]
 
 
 def forgetting_diagonal(R: Matrix, schedule: Schedule) -> MetricValue:

@@ -49,6 +49,19 @@ def trained_tasks(item: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> s
     return set().union(*(trained_tasks(by_name[s], by_name) for s in item["sources"]))
 
 
+def main_line_schedule(result: dict[str, Any]) -> list[set[int]]:
+    """Task indices each main-line row of R carries the training of (DESIGN §5's schedule),
+    rebuilt from a finished result's stages."""
+    items = result["stages"]
+    by_name = {item["name"]: item for item in items if item["name"]}
+    names = result["tasks"]
+    return [
+        {names.index(t) for t in trained_tasks(item, by_name)}
+        for item in items
+        if is_main_line(item)
+    ]
+
+
 def _cells(row: dict[str, dict[str, float]], names: list[str], key: str) -> list[float]:
     return [row[n][key] for n in names]
 

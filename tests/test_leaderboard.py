@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_render_markdown_and_html_show_every_entry(runs, tiny_track, tmp_path):
     class Collect(HTMLParser):
         def __init__(self):
             super().__init__()
-            self.entries, self.sections, self.external = 0, [], []
+            self.entries, self.sections, self.external, self.figures = 0, [], [], []
 
         def handle_starttag(self, tag, attrs):
             attrs = dict(attrs)
@@ -135,13 +136,19 @@ def test_render_markdown_and_html_show_every_entry(runs, tiny_track, tmp_path):
                 self.entries += 1
             if tag == "section":
                 self.sections.append(attrs["id"])
-            if attrs.get("src") or (tag == "link" and attrs.get("href")):
+            if tag == "img":
+                self.figures.append(attrs.get("data-figure"))
+            src = attrs.get("src") or ""
+            if (src and not src.startswith("data:")) or (tag == "link" and attrs.get("href")):
                 self.external.append(tag)
 
     page = Collect()
     page.feed(render_html(board))
     assert page.entries == len(board["entries"]) == 1
     assert page.sections == ["joint"] and page.external == []  # self-contained
+    # One joint stage: the entropy figure (R is the coloured table; forgetting undefined).
+    assert page.figures == ["entropy"]
+    assert "wall time of all runs together" in markdown and board["machines"]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -185,10 +192,17 @@ def test_page_loads_in_headless_chromium_without_console_errors(runs, tiny_track
         tiny_track, [runs["joint-s0-b2"], runs["joint-s1-b2"]], budget=BUDGET, samples=50
     )
     page = tmp_path / "tiny.html"
-    page.write_text(render_html(board))
+    # Test-only probe: after load, record each figure's decoded width in the DOM.
+    probe = (
+        "<script>window.addEventListener('load', () => document.querySelectorAll('img')"
+        ".forEach(i => i.dataset.width = i.naturalWidth));</script></body>"
+    )
+    page.write_text(render_html(board).replace("</body>", probe))
     dom, console = load_in_chromium(page, tmp_path / "profile")
     assert console == []
     assert dom.count('class="entry"') == len(board["entries"])
+    widths = re.findall(r'data-width="(\d+)"', dom)
+    assert len(widths) == dom.count("<img") >= 1 and all(int(w) > 100 for w in widths)
     assert all(f'<section id="{e["strategy"]}">' in dom for e in board["entries"])
     # The check can fail: the same page with a script error is caught.
     broken = tmp_path / "broken.html"

@@ -17,6 +17,7 @@ from ctbench.metrics import (
     backward_transfer,
     first_last_stage,
     forgetting_diagonal,
+    forgetting_matrix,
     forgetting_max,
     forward_transfer,
     learning_accuracy,
@@ -90,6 +91,26 @@ def test_sequential_forgetting_max():
     m = forgetting_max(SEQ_R, SEQ_SCHEDULE)
     assert m.value == pytest.approx(0.65 / 3)
     assert m.per_task == approx_tuple((0.30, 0.25, 0.10, None))
+
+
+def test_sequential_forgetting_matrix():
+    # row k (stage k), task j: max over m = s_j .. k-1 of R[m][j] - R[k][j], when s_j < k
+    # k=1: nothing trained before stage 1 -> all None
+    # k=2: task 0: 0.80 - 0.70 = 0.10
+    # k=3: task 0: max(0.80, 0.70) - 0.60 = 0.20; task 1: 0.90 - 0.95 = -0.05
+    # k=4: task 0: 0.80 - 0.50 = 0.30; task 1: max(0.90, 0.95) - 0.70 = 0.25;
+    #      task 2: 0.85 - 0.75 = 0.10   (the last row is forgetting_max's per-task values)
+    F = forgetting_matrix(SEQ_R, SEQ_SCHEDULE)
+    assert [approx_tuple(row) for row in F] == [
+        (None, None, None, None),
+        approx_tuple((0.10, None, None, None)),
+        approx_tuple((0.20, -0.05, None, None)),
+        approx_tuple((0.30, 0.25, 0.10, None)),
+    ]
+
+
+def test_joint_forgetting_matrix_is_all_undefined():
+    assert forgetting_matrix([[0.1, 0.2], [0.5, 0.6]], [{0, 1}]) == [[None, None]]
 
 
 def test_sequential_forgetting_diagonal():

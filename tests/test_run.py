@@ -242,3 +242,17 @@ def test_sigkill_mid_run_then_cli_resume_gives_the_same_result(first_run, tmp_pa
     result = json.loads((run_dir / "result.json").read_text())
     expected = deterministic_part({k: v for k, v in first_run.items() if k != "_dir"})
     assert deterministic_part(result) == expected
+
+
+def test_report_writes_the_runs_figures(first_run, tmp_path):
+    """A sequential run has R, forgetting and entropy figures; they are real PNGs."""
+    run_dir = Path(first_run["_dir"])
+    proc = cli("report", str(run_dir), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(Path(line).name for line in proc.stdout.split())
+    assert written == ["entropy.png", "forgetting.png", "r_heatmap.png"]
+    for name in written:
+        data = (run_dir / "plots" / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5_000
+    bad = cli("report", str(tmp_path), cwd=tmp_path)
+    assert bad.returncode == 2 and "not a finished run folder" in bad.stderr

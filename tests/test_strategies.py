@@ -330,3 +330,20 @@ def test_mixed_rl_steps_record_each_tasks_entropy(results):
     for overall, by_task in zip(trace["entropy"], trace["entropy_by_task"], strict=True):
         assert set(by_task) <= {"math", "code", "qa", "creative"} and len(by_task) >= 2
         assert min(by_task.values()) - 1e-6 <= overall <= max(by_task.values()) + 1e-6
+
+
+def test_plot_data_carries_what_each_strategy_measured(results):
+    """bwt's figures include Δ and predicted-vs-measured; merge's R shows its branches;
+    the step-entropy series has one point per main-line RL step (binned)."""
+    from ctbench.plots import figures, plot_data
+
+    bwt = plot_data(results["bwt"])
+    assert len(bwt["transfer"]["delta"]) == 4 and len(bwt["prediction"]) == 4
+    assert {p["measured"] for p in bwt["prediction"]} == set(results["bwt"]["matrix"]["R"][-1])
+    assert set(figures(bwt)) == {"r_heatmap", "forgetting", "entropy", "transfer", "prediction"}
+    merge = plot_data(results["merge"])
+    assert len(merge["branches"]) == 4 and "transfer" not in merge
+    assert "forgetting" not in figures(merge)  # one merge: nothing could be forgotten
+    joint = plot_data(results["joint"])
+    assert len(joint["step_entropy"]["x"]) == BUDGET
+    assert all(v is not None for v in joint["step_entropy"]["per_task"]["creative"])
