@@ -63,31 +63,74 @@ def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
     return norm.weight * h.to(x.dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` with its first half negated, for :func:`_rotated_qkv`.
+
+    Llama's rotary is ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x2, x1)``.
+    Folding the minus sign into the table gives ``roll(x) * signed_sin`` with ``roll(x) =
+    cat(x2, x1)``: IEEE multiplication is symmetric in sign, so ``x2 * -s == -x2 * s`` bit for
+    bit, and one negation per layer (forward and backward) disappears."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
-def _rotated_qkv(layer: _Layer, x, cos, sin, heads: int, kv_heads: int, head_dim: int):
+def _rotated_qkv(layer: _Layer, x, cos, sin_signed, heads: int, kv_heads: int, head_dim: int):
     """A layer's head: RMSNorm, the fused q/k/v projection, rotary on q and k.
 
     q and k are rotated together, as one [B, H + KV, S, D] view of the projection: rotary is
     elementwise, so each value is computed exactly as when rotating q and k apart, with
-    half the kernel launches (forward and backward)."""
+    half the kernel launches (forward and backward). ``sin_signed`` is :func:`signed_sin`."""
     batch, width, _ = x.shape
     qkv = F.linear(_rms_norm(x, layer.norm_in), layer.qkv)
     qkv = qkv.view(batch, width, heads + 2 * kv_heads, head_dim).transpose(1, 2)
     qk, v = qkv.split([heads + kv_heads, kv_heads], dim=1)
-    q, k = (qk * cos + _rotate_half(qk) * sin).split([heads, kv_heads], dim=1)
+    rolled = qk.roll(head_dim // 2, dims=-1)
+    q, k = (qk * cos + rolled * sin_signed).split([heads, kv_heads], dim=1)
     return q, k, v
+
+
+class _SwiGLU(torch.autograd.Function):
+    """``silu(gate) * up`` of the fused gate/up projection, with a backward that writes both
+    halves' gradients into one buffer.
+
+    Autograd's own graph (chunk, silu, mul) ends its backward with a ``cat`` of the two halves:
+    a full copy of the widest activation of the layer, for nothing. This backward computes the
+    same two expressions as autograd's ``MulBackward0`` and ``SiluBackward0`` (``grad * up``
+    into ``silu_backward``, and ``grad * silu(gate)``), in place of the copy, so every bit of
+    the gradient is unchanged (``tests/test_rollout.py`` checks it against autograd's)."""
+
+    @staticmethod
+    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        activated = F.silu(gate)
+        ctx.save_for_backward(gate_up, activated)
+        return activated * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        gate_up, activated = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        grad_gate_up = torch.empty_like(gate_up, memory_format=torch.contiguous_format)
+        grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        torch.mul(grad, activated, out=grad_up)
+        return grad_gate_up
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for the fused ``[..., 2 * I]`` gate/up projection."""
+    if gate_up.requires_grad and torch.is_grad_enabled():
+        return _SwiGLU.apply(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 def _layer_output(layer: _Layer, x, attended):
     """A layer's tail: output projection and residual, then the SiLU MLP and residual."""
     batch, width, _ = x.shape
     x = x + F.linear(attended.transpose(1, 2).reshape(batch, width, -1), layer.o)
-    gate, up = F.linear(_rms_norm(x, layer.norm_post), layer.gate_up).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, layer.down)
+    gate_up = F.linear(_rms_norm(x, layer.norm_post), layer.gate_up)
+    return x + F.linear(swiglu(gate_up), layer.down)
 
 
 class LlamaDecoder:
@@ -114,7 +157,8 @@ class LlamaDecoder:
         # cos/sin of every position this rollout reaches, once (as LlamaRotaryEmbedding).
         freqs = torch.arange(capacity, device=param.device).float()[:, None] * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos_table, self.sin_table = emb.cos().to(param.dtype), emb.sin().to(param.dtype)
+        self.cos_table = emb.cos().to(param.dtype)
+        self.sin_table = signed_sin(emb.sin().to(param.dtype))
 
     def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cos_table[positions][:, None], self.sin_table[positions][:, None]
@@ -127,17 +171,19 @@ class LlamaDecoder:
         width = ids.shape[1]
         start, end = self.length, self.length + width
         cos, sin = self._rotary(positions)
+        # The matmul path's mask, inverted once for all layers.
+        blocked = ~mask if width == 1 and self.kv_heads == self.heads else None
         x = F.embedding(ids, self.embed)
         for index, layer in enumerate(self.layers):
             q, k, v = _rotated_qkv(layer, x, cos, sin, self.heads, self.kv_heads, self.head_dim)
             self.keys[index][:, :, start:end] = k
             self.values[index][:, :, start:end] = v
             keys, values = self.keys[index][:, :, :end], self.values[index][:, :, :end]
-            if width == 1 and self.kv_heads == self.heads:
+            if blocked is not None:
                 # One query per row: plain matmul-softmax-matmul is ~4x cheaper on CPU than
                 # SDPA's flash kernel at this size (measured), and computes the same thing.
                 scores = torch.matmul(q, keys.transpose(-1, -2)) * self.scale
-                scores = scores.masked_fill(~mask, float("-inf"))
+                scores = scores.masked_fill(blocked, float("-inf"))
                 attended = torch.matmul(scores.softmax(dim=-1), values)
             else:
                 attended = F.scaled_dot_product_attention(
@@ -223,7 +269,7 @@ def grouped_completion_logits(
     def rotary(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos()[:, None].to(embed.dtype), emb.sin()[:, None].to(embed.dtype)
+        return emb.cos()[:, None].to(embed.dtype), signed_sin(emb.sin()[:, None].to(embed.dtype))
 
     device = sequences.device
     prompt_ids, prompt_valid = (

@@ -182,8 +182,11 @@ class HFRollout:
         logprobs = torch.zeros((n, max_new_tokens), device=device)
         entropies = torch.zeros((n, max_new_tokens), device=device)
         completion_mask = torch.zeros((n, max_new_tokens), device=device)
-        active = torch.arange(n, device=device)  # rows still in the decoding batch
+        # Rows still in the decoding batch; None while that is every row, so writes are plain
+        # column copies rather than index_put.
+        active: torch.Tensor | None = None
         alive = torch.ones(n, dtype=torch.bool, device=device)  # of those, rows before their EOS
+        all_alive = True  # no row has emitted EOS yet: the masking below would change nothing
         next_position = positions[:, -1:] + 1
         steps_taken = 0
         # Dividing by 1.0 is exact, so skipping it changes no bit.
@@ -197,30 +200,37 @@ class HFRollout:
                 token = logits.argmax(dim=-1)
             else:
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            token = torch.where(alive, token, pad)
+            if not all_alive:
+                token = torch.where(alive, token, pad)
             # Every active row is written (finished rows get pad / 0, the buffers' initial
             # values), so no boolean indexing and its per-call nonzero() on each step.
             chosen = log_p.gather(-1, token[:, None]).squeeze(-1)
             entropy = -(probs * log_p).sum(-1)
-            tokens[active, step] = token
-            logprobs[active, step] = torch.where(alive, chosen, 0.0)
-            entropies[active, step] = torch.where(alive, entropy, 0.0)
-            completion_mask[active, step] = alive.float()
+            if not all_alive:
+                chosen = torch.where(alive, chosen, 0.0)
+                entropy = torch.where(alive, entropy, 0.0)
+            rows = slice(None) if active is None else active
+            tokens[rows, step] = token
+            logprobs[rows, step] = chosen
+            entropies[rows, step] = entropy
+            completion_mask[rows, step] = alive.float()
             steps_taken = step + 1
             alive = alive & (token != eos)
             remaining = int(alive.sum())  # the loop's one host sync per step
             if remaining == 0 or step + 1 == max_new_tokens:
                 break
+            all_alive = remaining == len(alive)
             # Compacting copies the whole KV cache: worth it once a quarter of the rows is done.
             if remaining <= 0.75 * len(alive):
                 keep = alive.nonzero().squeeze(-1)
                 decoder.select(keep)
                 active, token, next_position, alive = (
-                    active[keep],
+                    keep if active is None else active[keep],
                     token[keep],
                     next_position[keep],
                     alive[keep],
                 )
+                all_alive = True
             logits = decoder.step(token, next_position).float()
             next_position = next_position + 1
         model.train(was_training)

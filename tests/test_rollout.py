@@ -196,3 +196,33 @@ def test_grouped_training_forward_with_one_completion_token(tiny_track, tokenize
         )
     assert grouped.shape == full.shape
     assert torch.allclose(full, grouped, atol=1e-5)
+
+
+def test_swiglu_backward_is_autograds_bit_for_bit():
+    # The custom backward exists only to skip a copy: its gradient must be autograd's own,
+    # exactly, or training results would drift from the Hugging Face formulation.
+    torch.manual_seed(0)
+    gate_up = torch.randn(16, 5, 2 * 24, dtype=torch.float32)
+    upstream = torch.randn(16, 5, 24)
+    ours = gate_up.clone().requires_grad_(True)
+    (fastllama.swiglu(ours) * upstream).sum().backward()
+    reference = gate_up.clone().requires_grad_(True)
+    gate, up = reference.chunk(2, dim=-1)
+    (torch.nn.functional.silu(gate) * up * upstream).sum().backward()
+    expected = torch.nn.functional.silu(gate.detach()) * up.detach()
+    assert torch.equal(fastllama.swiglu(gate_up), expected)
+    assert torch.equal(ours.grad, reference.grad)
+
+
+def test_sign_folded_rotary_is_llamas_bit_for_bit():
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 7, 32, requires_grad=True)
+    angles = torch.randn(7, 32)
+    cos, sin = angles.cos(), angles.sin()
+    half = x.shape[-1] // 2
+    llama = x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    folded = x * cos + x.roll(half, dims=-1) * fastllama.signed_sin(sin)
+    assert torch.equal(llama, folded)
+    (grad_llama,) = torch.autograd.grad(llama.square().sum(), x)
+    (grad_folded,) = torch.autograd.grad(folded.square().sum(), x)
+    assert torch.equal(grad_llama, grad_folded)
