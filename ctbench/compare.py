@@ -16,6 +16,7 @@ from typing import Any
 
 from ctbench.aggregate import RunItems, bootstrap_acc, bootstrap_paired_difference
 from ctbench.atomic import write_json_atomic
+from ctbench.compute import total_wall_s
 from ctbench.errors import UserError
 from ctbench.plugins import resolve_strategy
 from ctbench.run import Run, RunConfig, RunObserver
@@ -143,9 +144,7 @@ def summarise(
         row["optimizer_steps"] = sum(
             sum(p["optimizer_steps"] for p in r["compute"].values()) for r in chosen
         ) / len(chosen)
-        row["wall_s"] = sum(sum(p["wall_s"] for p in r["compute"].values()) for r in chosen) / len(
-            chosen
-        )
+        row["wall_s"] = sum(total_wall_s(r["compute"]) for r in chosen) / len(chosen)
         if name != reference and any(n == reference for n, _ in cells):
             ours = {s: items[(name, s)] for s in seeds}
             theirs = {s: items[(n, s)] for n, s in cells if n == reference}

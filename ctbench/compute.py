@@ -23,6 +23,11 @@ class PhaseCompute:
     wall_s: float = 0.0
 
 
+def total_wall_s(compute: dict[str, dict[str, float]]) -> float:
+    """Wall seconds of a result's ``compute`` section, all phases together."""
+    return sum(phase.get("wall_s") or 0.0 for phase in compute.values())
+
+
 @dataclass
 class ComputeMeter:
     phases: dict[str, PhaseCompute] = field(

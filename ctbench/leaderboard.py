@@ -19,6 +19,7 @@ from ctbench import __version__
 from ctbench.aggregate import bootstrap_acc
 from ctbench.atomic import write_json_atomic
 from ctbench.compare import final_items
+from ctbench.compute import total_wall_s
 from ctbench.errors import UserError
 from ctbench.plots import plot_data
 from ctbench.result import result_content_hash
@@ -160,10 +161,7 @@ def build_leaderboard(
         "built": dt.datetime.now(dt.UTC).isoformat(),
         "machines": sorted({machine_of(r) for runs in groups.values() for _, r in runs}),
         "wall_s_total": sum(
-            phase.get("wall_s", 0.0)
-            for runs in groups.values()
-            for _, r in runs
-            for phase in r["compute"].values()
+            total_wall_s(r["compute"]) for runs in groups.values() for _, r in runs
         ),
         "entries": entries,
     }

@@ -14,6 +14,8 @@ import html
 import json
 from typing import Any
 
+from ctbench.compute import total_wall_s
+
 
 def _fmt(value: float | None, signed: bool = True) -> str:
     if value is None:
@@ -26,7 +28,7 @@ def _steps(entry: dict[str, Any]) -> float:
 
 
 def _wall(entry: dict[str, Any]) -> float:
-    return sum((phase["wall_s"] or 0) for phase in entry["compute"].values())
+    return total_wall_s(entry["compute"])
 
 
 def render_markdown(board: dict[str, Any]) -> str:

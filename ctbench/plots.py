@@ -272,11 +272,10 @@ def prediction_scatter(data: dict[str, Any]) -> Figure | None:
             label=task,
             s=22,
         )
-    values = [p["predicted"] for p in points] + [p["measured"] for p in points]
-    low, high = min(values) - 0.05, max(values) + 0.05
+    xs, ys = [p["predicted"] for p in points], [p["measured"] for p in points]
+    low, high = min(xs + ys) - 0.05, max(xs + ys) + 0.05
     ax.plot([low, high], [low, high], color="#888888", lw=0.8, ls="--")
     title = f"predicted vs measured: {data['title']}"
-    xs, ys = [p["predicted"] for p in points], [p["measured"] for p in points]
     if len(points) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
         title += f"\nPearson {pearsonr(xs, ys).statistic:+.2f} (n={len(points)})"
     ax.set_title(title, fontsize=9)

@@ -49,17 +49,19 @@ def trained_tasks(item: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> s
     return set().union(*(trained_tasks(by_name[s], by_name) for s in item["sources"]))
 
 
-def main_line_schedule(result: dict[str, Any]) -> list[set[int]]:
-    """Task indices each main-line row of R carries the training of (DESIGN §5's schedule),
-    rebuilt from a finished result's stages."""
-    items = result["stages"]
+def schedule_of(items: list[dict[str, Any]], names: list[str]) -> list[set[int]]:
+    """Task indices each main-line row of R carries the training of (DESIGN §5's schedule)."""
     by_name = {item["name"]: item for item in items if item["name"]}
-    names = result["tasks"]
     return [
         {names.index(t) for t in trained_tasks(item, by_name)}
         for item in items
         if is_main_line(item)
     ]
+
+
+def main_line_schedule(result: dict[str, Any]) -> list[set[int]]:
+    """:func:`schedule_of`, rebuilt from a finished result's stages."""
+    return schedule_of(result["stages"], result["tasks"])
 
 
 def _cells(row: dict[str, dict[str, float]], names: list[str], key: str) -> list[float]:
@@ -89,7 +91,7 @@ def build_result(
     main_items = [items[i - 1] for i in main_rows[1:]]
     matrix = [_cells(rows[i], names, "score") for i in main_rows]
     chances = {n: chance_level(t) for n, t in track.tasks.items()}
-    schedule = [{names.index(t) for t in trained_tasks(item, by_name)} for item in main_items]
+    schedule = schedule_of(items, names)
     metrics = metrics_to_json(all_metrics(matrix, schedule)) if schedule else {}
     branches = [
         {

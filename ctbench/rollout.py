@@ -219,7 +219,6 @@ class HFRollout:
             remaining = int(alive.sum())  # the loop's one host sync per step
             if remaining == 0 or step + 1 == max_new_tokens:
                 break
-            all_alive = remaining == len(alive)
             # Compacting copies the whole KV cache: worth it once a quarter of the rows is done.
             if remaining <= 0.75 * len(alive):
                 keep = alive.nonzero().squeeze(-1)
@@ -230,7 +229,7 @@ class HFRollout:
                     next_position[keep],
                     alive[keep],
                 )
-                all_alive = True
+            all_alive = remaining == len(alive)
             logits = decoder.step(token, next_position).float()
             next_position = next_position + 1
         model.train(was_training)
