@@ -235,17 +235,11 @@ def forgetting_max(R: Matrix, schedule: Schedule) -> MetricValue:
     catches a task that kept improving after its own stage (positive transfer) and then
     dropped: the diagonal form would under-report that loss.
     """
-    rows, stages = _check(R, schedule)
-    S, n = len(stages), len(rows[0])
-    first, _ = first_last_stage(stages, n)
-    per_task: list[float | None] = []
-    for j, s in enumerate(first):
-        if s is None or s >= S:
-            per_task.append(None)
-        else:
-            per_task.append(max(rows[k][j] for k in range(s, S)) - rows[S][j])
+    after_each_stage = forgetting_matrix(R, schedule)  # validates R and schedule
+    # No stage at all: nothing trained, so nothing to forget.
+    final = after_each_stage[-1] if after_each_stage else [None] * len(R[0])
     return _per_task_metric(
-        per_task,
+        final,
         "Forgetting is undefined: no task is trained before the final stage (e.g. joint "
         "training in one stage), so there is no later stage in which it could be forgotten.",
     )
@@ -256,8 +250,8 @@ def forgetting_matrix(R: Matrix, schedule: Schedule) -> list[list[float | None]]
 
     Rows are stages ``k = 1..S``; a cell is ``None`` until task ``j`` has been trained in an
     earlier stage (``s_j < k``), because there is nothing to forget yet. The last row is the
-    per-task max-based forgetting of :func:`forgetting_max`; the rows before it show *when*
-    the loss happened, which the final number alone hides.
+    per-task max-based forgetting that :func:`forgetting_max` averages; the rows before it
+    show *when* the loss happened, which the final number alone hides.
     """
     rows, stages = _check(R, schedule)
     S, n = len(stages), len(rows[0])
