@@ -7,6 +7,9 @@ the task means). With one seed only the item level remains, which is said in the
 Paired differences against a reference strategy pair runs by seed (same seed, same base,
 same data order where the strategies share it) and resample seeds and items the same way.
 
+Also the correlation of predicted with measured scores (``validate-prediction`` and its
+figure), with its undefined cases named.
+
 Pure functions of per-item score arrays; the caller reads them from run folders.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -96,3 +100,26 @@ def bootstrap_paired_difference(
         high=float(np.quantile(draws, 1.0 - alpha)),
         n_seeds=len(shared),
     )
+
+
+def correlation(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
+    """Pearson and Spearman with p-values (scipy); null with a reason where undefined."""
+    from scipy import stats
+
+    n = len(predicted)
+    out: dict[str, Any] = {"n": n}
+    if n < 3 or len(set(predicted)) < 2 or len(set(measured)) < 2:
+        reason = "fewer than 3 points" if n < 3 else "one side is constant"
+        for key in ("pearson", "pearson_p", "spearman", "spearman_p"):
+            out[key] = None
+        out["reason"] = reason
+        return out
+    pearson = stats.pearsonr(predicted, measured)
+    spearman = stats.spearmanr(predicted, measured)
+    out.update(
+        pearson=float(pearson.statistic),
+        pearson_p=float(pearson.pvalue),
+        spearman=float(spearman.statistic),
+        spearman_p=float(spearman.pvalue),
+    )
+    return out

@@ -19,6 +19,7 @@ from typing import Any
 import matplotlib
 from matplotlib.figure import Figure
 
+from ctbench.aggregate import correlation
 from ctbench.metrics import forgetting_matrix
 from ctbench.result import is_main_line, main_line_schedule
 
@@ -258,8 +259,6 @@ def prediction_scatter(data: dict[str, Any]) -> Figure | None:
     points = data.get("prediction")
     if not points:
         return None
-    from scipy.stats import pearsonr
-
     fig = Figure(figsize=(4.2, 4.0))
     ax = fig.subplots()
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -276,8 +275,9 @@ def prediction_scatter(data: dict[str, Any]) -> Figure | None:
     low, high = min(xs + ys) - 0.05, max(xs + ys) + 0.05
     ax.plot([low, high], [low, high], color="#888888", lw=0.8, ls="--")
     title = f"predicted vs measured: {data['title']}"
-    if len(points) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
-        title += f"\nPearson {pearsonr(xs, ys).statistic:+.2f} (n={len(points)})"
+    pearson = correlation(xs, ys)["pearson"]
+    if pearson is not None:
+        title += f"\nPearson {pearson:+.2f} (n={len(points)})"
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("predicted final score (additive Δ)", fontsize=8)
     ax.set_ylabel("measured final score", fontsize=8)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ctbench.aggregate import correlation
 from ctbench.atomic import write_json_atomic
 from ctbench.errors import UserError
 from ctbench.run import Run, RunConfig, RunObserver
@@ -107,29 +108,6 @@ def sample_orders(tasks: Sequence[str], count: int, seed: int) -> list[list[str]
         if order not in chosen:
             chosen.append(order)
     return chosen
-
-
-def correlation(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
-    """Pearson and Spearman with p-values (scipy); null with a reason where undefined."""
-    from scipy import stats
-
-    n = len(predicted)
-    out: dict[str, Any] = {"n": n}
-    if n < 3 or len(set(predicted)) < 2 or len(set(measured)) < 2:
-        reason = "fewer than 3 points" if n < 3 else "one side is constant"
-        for key in ("pearson", "pearson_p", "spearman", "spearman_p"):
-            out[key] = None
-        out["reason"] = reason
-        return out
-    pearson = stats.pearsonr(predicted, measured)
-    spearman = stats.spearmanr(predicted, measured)
-    out.update(
-        pearson=float(pearson.statistic),
-        pearson_p=float(pearson.pvalue),
-        spearman=float(spearman.statistic),
-        spearman_p=float(spearman.pvalue),
-    )
-    return out
 
 
 def validate_prediction(
