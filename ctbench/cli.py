@@ -503,27 +503,28 @@ def report(paths: tuple[Path, ...]) -> None:
     measured final scores."""
     from ctbench.plots import plot_data, validation_plot_data, write_figures
 
-    targets = []
+    sources: list[Path] = []  # result.json or validation.json files
     for path in paths:
-        if (path / "result.json").exists() or (path / "validation.json").exists():
-            targets.append(path)
+        if (path / "result.json").exists():
+            sources.append(path / "result.json")
+        elif (path / "validation.json").exists():
+            sources.append(path / "validation.json")
         elif path.is_dir() and any(path.glob("*/result.json")):
-            targets.extend(sorted(p.parent for p in path.glob("*/result.json")))
+            sources.extend(sorted(path.glob("*/result.json")))
         else:
             raise UserError(
                 "not a finished run folder (no result.json), a folder of runs, or a "
                 "validate-prediction folder (no validation.json)",
                 where=str(path),
             )
-    for target in targets:
-        is_run = (target / "result.json").exists()
-        source = target / ("result.json" if is_run else "validation.json")
+    for source in sources:
         try:
             loaded = json.loads(source.read_text())
+            is_run = source.name == "result.json"
             data = plot_data(loaded) if is_run else validation_plot_data(loaded)
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"not a readable ctbench result: {exc!r}", where=str(source)) from exc
-        for written in write_figures(data, target / "plots"):
+        for written in write_figures(data, source.parent / "plots"):
             click.echo(str(written))
 
 
