@@ -27,12 +27,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from engine import GROUP_SIZE, NEW_TOKENS, PROMPTS_PER_STEP, SEED, TRACK, benchmark_task, machine
+from engine import (
+    GROUP_SIZE,
+    NEW_TOKENS,
+    PROMPTS_PER_STEP,
+    SEED,
+    TRACK,
+    benchmark_task,
+    fresh_model,
+    machine,
+)
+from transformers import PreTrainedTokenizerBase
 
-from ctbench.model import build_tiny_model
 from ctbench.rollout import encode_prompts
 from ctbench.tokenizer import build_char_tokenizer
-from ctbench.track import load_track
+from ctbench.track import Track, load_track
 
 Product = tuple[int, int, int]  # (M, K, N): an [M, K] @ [K, N] product
 
@@ -55,10 +64,8 @@ def time_product(shape: Product, repeats: int) -> float:
     return median_seconds(lambda: activations @ weight.t(), repeats)
 
 
-def prompt_width(steps: int) -> int:
+def prompt_width(track: Track, tokenizer: PreTrainedTokenizerBase, steps: int) -> int:
     """Median padded ``<bos> prompt`` width of the batches the engine benchmark draws."""
-    track = load_track(TRACK)
-    tokenizer = build_char_tokenizer()
     pool = benchmark_task(track).train
     rng = random.Random(SEED)
     widths = []
@@ -98,13 +105,12 @@ def step_products(config: Any, width: int) -> dict[str, list[tuple[Product, int]
 
 def measure(repeats: int) -> dict[str, Any]:
     track = load_track(TRACK)
-    config = track.spec.model.tiny
-    if config is None:
-        raise SystemExit(f"track {TRACK!r} has no tiny model")
-    model_config = build_tiny_model(config, len(build_char_tokenizer()), seed=SEED).config
-    width = prompt_width(steps=20)
+    tokenizer = build_char_tokenizer()
+    model_config = fresh_model(track, tokenizer).config
+    width = prompt_width(track, tokenizer, steps=20)
     phases: dict[str, Any] = {}
     cache: dict[Product, float] = {}
+    total_flops = total_seconds = 0.0
     for phase, products in step_products(model_config, width).items():
         flops = seconds = 0.0
         for shape, count in products:
@@ -118,8 +124,8 @@ def measure(repeats: int) -> dict[str, Any]:
             "seconds": seconds,
             "gflop_per_s": flops / seconds / 1e9,
         }
-    total_flops = sum(p["gflop"] for p in phases.values()) * 1e9
-    total_seconds = sum(p["seconds"] for p in phases.values())
+        total_flops += flops
+        total_seconds += seconds
     reference = (2048, 512, 512)
     reference_flops = 2.0 * reference[0] * reference[1] * reference[2]
     reference_seconds = time_product(reference, repeats)
