@@ -10,9 +10,9 @@ can be checked against what the run measured.
 from collections.abc import Iterator
 
 from ctbench.errors import UserError
-from ctbench.probing import measure_transfer
+from ctbench.strategies.probing import measure_transfer
+from ctbench.strategies.transfer import best_order, predict_final_scores
 from ctbench.strategy import Stage, Strategy, StrategyContext, require_budget, split_evenly
-from ctbench.transfer import best_order, predict_final_scores
 
 SEARCHES = ("auto", "exhaustive", "dp", "greedy", "omni")
 

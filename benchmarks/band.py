@@ -13,8 +13,8 @@ import time
 
 import click
 
-from ctbench.calibration import BAND_HIGH, BAND_LOW, MIN_GAIN, measure_band
-from ctbench.track import load_track
+from ctbench.runs.calibration import BAND_HIGH, BAND_LOW, MIN_GAIN, measure_band
+from ctbench.tracks.track import load_track
 
 
 @click.command()

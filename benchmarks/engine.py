@@ -87,14 +87,15 @@ from transformers import (
     TrainingArguments,
 )
 
-from ctbench.compute import ComputeMeter
-from ctbench.engine import Engine, RLConfig, SFTConfig
-from ctbench.model import build_tiny_model
-from ctbench.rewards import build_reward
-from ctbench.rollout import HFRollout, Rollout
-from ctbench.taskdata import Item, Task
-from ctbench.tokenizer import build_char_tokenizer
-from ctbench.track import Track, load_track
+from ctbench.scoring.rewards import build_reward
+from ctbench.tracks.engine_settings import RLConfig, SFTConfig
+from ctbench.tracks.model import build_tiny_model
+from ctbench.tracks.taskdata import Item, Task
+from ctbench.tracks.tokenizer import build_char_tokenizer
+from ctbench.tracks.track import Track, load_track
+from ctbench.training.compute import ComputeMeter
+from ctbench.training.engine import Engine
+from ctbench.training.rollout import HFRollout, Rollout
 
 TRACK = "tiny"
 TASK = "math"
@@ -128,7 +129,7 @@ def benchmark_task(track: Track) -> Task:
 
 
 def exact_match(completion: str, answer: str | None) -> float:
-    """The math task's reward (``ctbench.rewards.ExactMatch``), restated for TRL."""
+    """The math task's reward (``ctbench.scoring.rewards.ExactMatch``), restated for TRL."""
     return float(completion.strip() == (answer or "").strip())
 
 
@@ -518,8 +519,8 @@ def run(steps: int, warmup: int) -> dict[str, Any]:
         "step_s_max": max(ct_steps),
         "steps": len(ct_steps),
         **ctbench.rollout_figures(warmup),
-        "rollout_backend": type(ctbench.rollout.inner).__name__,
-        "config": ctbench.engine.config_json(),
+        "rollout_backend": type(ctbench.training.rollout.inner).__name__,
+        "config": ctbench.training.engine.config_json(),
     }
     log("timing ctbench SFT steps")
     ctbench_out.update(ctbench.sft_figures(steps, warmup))
@@ -538,7 +539,7 @@ def run(steps: int, warmup: int) -> dict[str, Any]:
             "min_new_tokens": NEW_TOKENS,
             "beta": BETA,
             "learning_rate": LEARNING_RATE,
-            "model_parameters": sum(p.numel() for p in ctbench.model.parameters()),
+            "model_parameters": sum(p.numel() for p in ctbench.tracks.model.parameters()),
             "tokenizer_vocab": len(tokenizer),
         },
         "order": "alternating, one ctbench step then one TRL step" if trl_out else "ctbench only",

@@ -39,9 +39,9 @@ from engine import (
 )
 from transformers import PreTrainedTokenizerBase
 
-from ctbench.rollout import encode_prompts
-from ctbench.tokenizer import build_char_tokenizer
-from ctbench.track import Track, load_track
+from ctbench.tracks.tokenizer import build_char_tokenizer
+from ctbench.tracks.track import Track, load_track
+from ctbench.training.rollout import encode_prompts
 
 Product = tuple[int, int, int]  # (M, K, N): an [M, K] @ [K, N] product
 

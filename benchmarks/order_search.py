@@ -21,10 +21,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ctbench.plugins import resolve_strategy
+from ctbench.strategies.plugins import resolve_strategy
+from ctbench.strategies.transfer import TransferMatrix, best_order
 from ctbench.strategy import StrategyContext
-from ctbench.track import load_track
-from ctbench.transfer import TransferMatrix, best_order
+from ctbench.tracks.track import load_track
 
 
 def time_search(n: int, search: str, repeats: int, seed: int) -> dict[str, float]:

@@ -177,7 +177,8 @@ def run(
     resume: Path | None,
 ) -> None:
     """Train the track's base model under one strategy; write <out>/<run-id>/result.json."""
-    from ctbench.run import Run, RunConfig
+    from ctbench.runs.config import RunConfig
+    from ctbench.runs.run import Run
 
     columns = (
         TextColumn("{task.description}"),
@@ -211,8 +212,8 @@ def run(
 @click.option("--track", default=None, help="Only the tasks of this track.")
 def tasks(track: str | None) -> None:
     """List the tasks that exist (name, domain, reward, eval size, source)."""
-    from ctbench.taskspec import available_task_files, parse_task_spec
-    from ctbench.track import find_track_spec
+    from ctbench.tracks.taskspec import available_task_files, parse_task_spec
+    from ctbench.tracks.track import find_track_spec
 
     names = list(find_track_spec(track).task_names) if track else list(available_task_files())
     files = available_task_files()
@@ -236,7 +237,7 @@ def tasks(track: str | None) -> None:
 @cli.command()
 def strategies() -> None:
     """List every strategy: baseline recipes and installed plugins, with their parameters."""
-    from ctbench.plugins import available_strategies
+    from ctbench.strategies.plugins import available_strategies
 
     table = Table(title="strategies", show_lines=True)
     for column in ("name", "class", "parameters (recipe values)", "description", "from"):
@@ -265,8 +266,8 @@ def base(track: str, rebuild: bool) -> None:
 
     from safetensors.torch import load_file
 
-    from ctbench.base import ensure_base_checkpoint, shipped_checkpoint_dir
-    from ctbench.track import load_track
+    from ctbench.tracks.track import load_track
+    from ctbench.training.tiny_base import ensure_base_checkpoint, shipped_checkpoint_dir
 
     the_track = load_track(track)
     columns = (
@@ -345,8 +346,8 @@ def print_transfer(transfer, title: str) -> None:
 @click.option("--device", default="auto", show_default=True)
 def transfer(track: str, seed: int, probe_steps: int | None, out: Path, device: str) -> None:
     """Measure and print the transfer matrix Δ of a track (one probe per task)."""
-    from ctbench.transfer import TransferMatrix
-    from ctbench.validation import default_probe_steps, measure_transfer_run
+    from ctbench.results.validation import default_probe_steps, measure_transfer_run
+    from ctbench.strategies.transfer import TransferMatrix
 
     steps = probe_steps if probe_steps is not None else default_probe_steps(track)
     if steps <= 0:
@@ -371,8 +372,8 @@ def transfer(track: str, seed: int, probe_steps: int | None, out: Path, device: 
 @click.option("--runs", default="runs", show_default=True, type=click.Path(path_type=Path))
 def predict(order: str, source: Path | None, track: str, runs: Path) -> None:
     """Print the additive prediction of the final per-task scores for one order."""
-    from ctbench.transfer import best_order, predict_final_scores
-    from ctbench.validation import find_transfer, load_transfer, parse_order
+    from ctbench.results.validation import find_transfer, load_transfer, parse_order
+    from ctbench.strategies.transfer import best_order, predict_final_scores
 
     path = source if source is not None else find_transfer(runs, track)
     matrix = load_transfer(path)
@@ -429,15 +430,15 @@ def validate_prediction_command(
     device: str,
 ) -> None:
     """Run K orders; correlate predicted with measured final scores (Pearson, Spearman)."""
-    from ctbench.track import load_track
-    from ctbench.transfer import TransferMatrix
-    from ctbench.validation import (
+    from ctbench.results.validation import (
         default_probe_steps,
         load_transfer,
         measure_transfer_run,
         sample_orders,
         validate_prediction,
     )
+    from ctbench.strategies.transfer import TransferMatrix
+    from ctbench.tracks.track import load_track
 
     spec = load_track(track).spec
     steps = stage_steps if stage_steps is not None else spec.steps_per_task
@@ -486,7 +487,7 @@ def validate_prediction_command(
                 f"{label}: Pearson {c['pearson']:+.3f} (p={c['pearson_p']:.3g}), "
                 f"Spearman {c['spearman']:+.3f} (p={c['spearman_p']:.3g}), n={c['n']}"
             )
-    from ctbench.plots import validation_plot_data, write_figures
+    from ctbench.results.plots import validation_plot_data, write_figures
 
     write_figures(validation_plot_data(report), Path(report["path"]).parent / "plots")
     click.echo(report["path"])
@@ -501,7 +502,7 @@ def report(paths: tuple[Path, ...]) -> None:
     R heatmap with branch and probe rows, forgetting after each stage, per-domain entropy over
     stages and over RL steps, and where the run has them the Δ matrix and predicted vs
     measured final scores."""
-    from ctbench.plots import plot_data, validation_plot_data, write_figures
+    from ctbench.results.plots import plot_data, validation_plot_data, write_figures
 
     sources: list[Path] = []  # result.json or validation.json files
     for path in paths:
@@ -567,8 +568,14 @@ def compare(
     cpus_per_cell: int | None,
 ) -> None:
     """Run the (strategy × seed) grid (finished cells are reused) and compare with CIs."""
-    from ctbench.compare import parse_seeds, parse_strategies, run_grid, summarise, write_summary
-    from ctbench.track import load_track
+    from ctbench.results.compare import (
+        parse_seeds,
+        parse_strategies,
+        run_grid,
+        summarise,
+        write_summary,
+    )
+    from ctbench.tracks.track import load_track
 
     names, seed_list = parse_strategies(strategies), parse_seeds(seeds)
     load_track(track)
@@ -634,8 +641,8 @@ def leaderboard_build(
     runs: tuple[Path, ...], track: str, budget: int | None, out: Path, samples: int
 ) -> None:
     """Validate every result.json under RUNS, aggregate seeds, rank by ACC, write JSON."""
-    from ctbench.leaderboard import build_leaderboard, find_results, write_leaderboard
-    from ctbench.track import load_track
+    from ctbench.results.leaderboard import build_leaderboard, find_results, write_leaderboard
+    from ctbench.tracks.track import load_track
 
     board = build_leaderboard(load_track(track), find_results(runs), budget=budget, samples=samples)
     path = write_leaderboard(board, out)
@@ -665,8 +672,8 @@ def leaderboard_build(
 def leaderboard_render(track: str, folder: Path) -> None:
     """Write <dir>/<track>.md and a self-contained <dir>/<track>.html from the JSON."""
 
-    from ctbench.atomic import write_text_atomic
-    from ctbench.leaderboard_page import render_html, render_markdown
+    from ctbench.common.atomic import write_text_atomic
+    from ctbench.results.leaderboard_page import render_html, render_markdown
 
     source = folder / f"{track}.json"
     if not source.exists():
@@ -695,9 +702,9 @@ def submit(
 ) -> None:
     """Run a strategy on the track's seeds, validate it, and write a submission bundle."""
 
-    from ctbench.compare import parse_seeds
-    from ctbench.submission import create_bundle, validate_bundle
-    from ctbench.track import load_track
+    from ctbench.results.compare import parse_seeds
+    from ctbench.results.submission import create_bundle, validate_bundle
+    from ctbench.tracks.track import load_track
 
     seed_list = parse_seeds(seeds)
     with _progress() as progress:

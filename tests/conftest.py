@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def tiny_track():
-    from ctbench.track import load_track
+    from ctbench.tracks.track import load_track
 
     return load_track("tiny")
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from ctbench.base import load_base, normalised, shipped_checkpoint_dir
-from ctbench.calibration import BAND_HIGH, BAND_LOW
-from ctbench.compute import ComputeMeter
-from ctbench.evaluate import Evaluator
-from ctbench.rewards import build_reward, chance_level
-from ctbench.rollout import HFRollout
+from ctbench.runs.calibration import BAND_HIGH, BAND_LOW
+from ctbench.runs.evaluate import Evaluator
+from ctbench.scoring.rewards import build_reward, chance_level
+from ctbench.training.compute import ComputeMeter
+from ctbench.training.rollout import HFRollout
+from ctbench.training.tiny_base import load_base, normalised, shipped_checkpoint_dir
 
 
 def test_shipped_base_matches_the_track_recipe(tiny_track):
@@ -36,9 +36,9 @@ def test_base_builder_runs_and_caches(tmp_path, monkeypatch):
     """The reproducible build path, on a short recipe: same seed → identical weights."""
     import shutil
 
-    from ctbench.base import ensure_base_checkpoint
-    from ctbench.resources import data_root
-    from ctbench.track import load_track
+    from ctbench.tracks.resources import data_root
+    from ctbench.tracks.track import load_track
+    from ctbench.training.tiny_base import ensure_base_checkpoint
 
     shutil.copytree(data_root() / "tasks", tmp_path / "tasks")
     track_file = tmp_path / "tasks" / "tracks" / "tiny.yaml"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctbench.base import load_base
-from ctbench.compute import ComputeMeter
-from ctbench.engine import Engine, blend_batch_split
 from ctbench.errors import UserError
-from ctbench.rewards import build_reward
-from ctbench.rollout import HFRollout
+from ctbench.scoring.rewards import build_reward
+from ctbench.training.compute import ComputeMeter
+from ctbench.training.engine import Engine, blend_batch_split
+from ctbench.training.rollout import HFRollout
+from ctbench.training.tiny_base import load_base
 
 
 @pytest.fixture()

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from ctbench.aggregate import bootstrap_acc, bootstrap_paired_difference, run_acc
-from ctbench.compare import parse_seeds, parse_strategies, run_grid, summarise
 from ctbench.errors import UserError
-from ctbench.run import SilentObserver
+from ctbench.results.aggregate import bootstrap_acc, bootstrap_paired_difference, run_acc
+from ctbench.results.compare import parse_seeds, parse_strategies, run_grid, summarise
+from ctbench.runs.run import SilentObserver
 
 
 def test_run_acc_is_the_mean_of_task_means():

@@ -17,11 +17,11 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def engine_on_gpu(tiny_track):
-    from ctbench.base import load_base
-    from ctbench.compute import ComputeMeter
-    from ctbench.engine import Engine
-    from ctbench.rewards import build_reward
-    from ctbench.rollout import HFRollout
+    from ctbench.scoring.rewards import build_reward
+    from ctbench.training.compute import ComputeMeter
+    from ctbench.training.engine import Engine
+    from ctbench.training.rollout import HFRollout
+    from ctbench.training.tiny_base import load_base
 
     model, tokenizer, _ = load_base(tiny_track)
     model.to("cuda")
@@ -58,10 +58,10 @@ def test_gpu_and_cpu_greedy_evaluation_agree(engine_on_gpu, tiny_track):
     """Greedy decoding of the same weights gives (nearly) the same score on either device."""
     import copy
 
-    from ctbench.compute import ComputeMeter
-    from ctbench.evaluate import Evaluator
-    from ctbench.rewards import build_reward
-    from ctbench.rollout import HFRollout
+    from ctbench.runs.evaluate import Evaluator
+    from ctbench.scoring.rewards import build_reward
+    from ctbench.training.compute import ComputeMeter
+    from ctbench.training.rollout import HFRollout
 
     gpu_model = engine_on_gpu.model
     cpu_model = copy.deepcopy(gpu_model).to("cpu")
@@ -75,7 +75,8 @@ def test_gpu_and_cpu_greedy_evaluation_agree(engine_on_gpu, tiny_track):
 
 
 def test_short_run_on_gpu(tmp_path):
-    from ctbench.run import Run, RunConfig, SilentObserver
+    from ctbench.runs.config import RunConfig
+    from ctbench.runs.run import Run, SilentObserver
 
     result = Run.create(
         RunConfig(strategy="random", seed=0, budget=4, device="cuda"), tmp_path, SilentObserver()

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from ctbench.errors import UserError
-from ctbench.leaderboard import build_leaderboard, find_results, write_leaderboard
-from ctbench.result import result_content_hash
-from ctbench.run import Run, RunConfig, SilentObserver
+from ctbench.results.leaderboard import build_leaderboard, find_results, write_leaderboard
+from ctbench.runs.config import RunConfig
+from ctbench.runs.result import result_content_hash
+from ctbench.runs.run import Run, SilentObserver
 
 BUDGET = 2
 
@@ -117,7 +118,7 @@ def test_find_results_reads_folders_of_runs(runs, tmp_path):
 def test_render_markdown_and_html_show_every_entry(runs, tiny_track, tmp_path):
     from html.parser import HTMLParser
 
-    from ctbench.leaderboard_page import render_html, render_markdown
+    from ctbench.results.leaderboard_page import render_html, render_markdown
 
     board = build_leaderboard(
         tiny_track, [runs["joint-s0-b2"], runs["joint-s1-b2"]], budget=BUDGET, samples=50
@@ -186,7 +187,7 @@ def load_in_chromium(page: Path, profile: Path) -> tuple[str, list[str]]:
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
 )
 def test_page_loads_in_headless_chromium_without_console_errors(runs, tiny_track, tmp_path):
-    from ctbench.leaderboard_page import render_html
+    from ctbench.results.leaderboard_page import render_html
 
     board = build_leaderboard(
         tiny_track, [runs["joint-s0-b2"], runs["joint-s1-b2"]], budget=BUDGET, samples=50

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from ctbench.losses import aggregate, chord_phi, group_advantages, grpo_loss, k3_kl, sft_loss
+from ctbench.training.losses import (
+    aggregate,
+    chord_phi,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
+    sft_loss,
+)
 
 
 def test_group_advantages_by_hand():
@@ -81,7 +88,7 @@ def test_sft_loss_and_chord_phi_by_hand():
 
 def test_mu_schedule_by_hand():
     """CHORD-mu: warm-up 0 -> 0.9 over 2 steps, cosine to 0.05 over 4, then flat."""
-    from ctbench.losses import mu_schedule
+    from ctbench.training.losses import mu_schedule
 
     values = [
         mu_schedule(step, 8, peak=0.9, valley=0.05, warmup_steps=2, decay_steps=4)

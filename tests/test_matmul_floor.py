@@ -29,8 +29,8 @@ def benchmark_modules(monkeypatch):
 
 def test_floor_lists_every_matrix_product_of_a_grpo_step(benchmark_modules):
     engine, floor = benchmark_modules
-    from ctbench.tokenizer import build_char_tokenizer
-    from ctbench.track import load_track
+    from ctbench.tracks.tokenizer import build_char_tokenizer
+    from ctbench.tracks.track import load_track
 
     torch.manual_seed(engine.SEED)
     side = engine.CtbenchSide(load_track(engine.TRACK), build_char_tokenizer())

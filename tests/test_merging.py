@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ctbench.base import ensure_base_checkpoint, load_base
-from ctbench.compute import ComputeMeter
-from ctbench.engine import Engine
 from ctbench.errors import UserError
-from ctbench.merging import merge_checkpoints
-from ctbench.rewards import build_reward
-from ctbench.rollout import HFRollout
+from ctbench.scoring.rewards import build_reward
+from ctbench.training.compute import ComputeMeter
+from ctbench.training.engine import Engine
+from ctbench.training.merging import merge_checkpoints
+from ctbench.training.rollout import HFRollout
+from ctbench.training.tiny_base import ensure_base_checkpoint, load_base
 
 
 @pytest.fixture(scope="module")

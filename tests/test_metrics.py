@@ -1,4 +1,4 @@
-"""Tests for ctbench.metrics against hand-computed accuracy matrices.
+"""Tests for ctbench.runs.metrics against hand-computed accuracy matrices.
 
 Every expected number is worked out by hand in the comments next to it; none is produced by
 calling the function under test.
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from ctbench.metrics import (
+from ctbench.runs.metrics import (
     MetricValue,
     accuracy,
     all_metrics,

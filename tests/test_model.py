@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ctbench.errors import UserError
-from ctbench.model import TinyModelSpec, build_tiny_model, load_causal_lm
-from ctbench.tokenizer import CHARACTERS, build_char_tokenizer
+from ctbench.tracks.model import TinyModelSpec, build_tiny_model, load_causal_lm
+from ctbench.tracks.tokenizer import CHARACTERS, build_char_tokenizer
 
 
 def test_char_tokenizer_round_trips_and_pads_left():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ctbench.judges import EmbeddingJudge, RubricJudge
-from ctbench.rewards import build_reward, chance_level
-from ctbench.taskdata import Item
+from ctbench.scoring.judges import EmbeddingJudge, RubricJudge
+from ctbench.scoring.rewards import build_reward, chance_level
+from ctbench.tracks.taskdata import Item
 
 
 def item(task="t", answer=None, **fields):
@@ -32,7 +32,7 @@ def test_choice_on_qa_has_chance_one_quarter(tiny_track):
 
 
 def test_numeric_reward_reads_last_number():
-    from ctbench.rewards import NumericMatch
+    from ctbench.scoring.rewards import NumericMatch
 
     reward = NumericMatch(tolerance=1e-6)
     it = item(answer="#### 1,234")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctbench import fastllama
-from ctbench.model import TinyModelSpec, build_tiny_model
-from ctbench.rollout import HFRollout, group_size_of
-from ctbench.tokenizer import build_char_tokenizer
+from ctbench.tracks.model import TinyModelSpec, build_tiny_model
+from ctbench.tracks.tokenizer import build_char_tokenizer
+from ctbench.training import fastllama
+from ctbench.training.rollout import HFRollout, group_size_of
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def model(request, tokenizer, tiny_track):
     lengths by itself; the random model needs an EOS boost through a hook, which also
     forces the generic Hugging Face path (the lean path cannot apply hooks)."""
     if request.param.startswith("lean"):
-        from ctbench.base import load_base
+        from ctbench.training.tiny_base import load_base
 
         base, _, _ = load_base(tiny_track)
         assert fastllama.supports(base)
@@ -115,7 +115,7 @@ def test_same_generator_seed_same_samples(model, tokenizer):
 
 
 def test_lean_and_generic_paths_sample_the_same(tiny_track, tokenizer):
-    from ctbench.base import load_base
+    from ctbench.training.tiny_base import load_base
 
     base, _, _ = load_base(tiny_track)
     prompts = [p for p in PROMPTS for _ in range(8)]
@@ -137,9 +137,9 @@ def test_min_new_tokens_forbids_early_eos(model, tokenizer):
 
 def test_grouped_training_forward_equals_the_full_forward(tiny_track, tokenizer):
     """Shared-prefix logits, log-probs and *gradients* match the plain HF forward."""
-    from ctbench.base import load_base
-    from ctbench.engine import sequence_positions
-    from ctbench.losses import token_logprobs
+    from ctbench.training.engine import sequence_positions
+    from ctbench.training.losses import token_logprobs
+    from ctbench.training.tiny_base import load_base
 
     base, _, _ = load_base(tiny_track)
     group = 4
@@ -175,8 +175,8 @@ def test_grouped_training_forward_equals_the_full_forward(tiny_track, tokenizer)
 def test_grouped_training_forward_with_one_completion_token(tiny_track, tokenizer):
     """A one-token completion has no completion input to run (only the prompt's last
     position predicts); the grouped forward still matches the full one."""
-    from ctbench.base import load_base
-    from ctbench.engine import sequence_positions
+    from ctbench.training.engine import sequence_positions
+    from ctbench.training.tiny_base import load_base
 
     base, _, _ = load_base(tiny_track)
     prompts = [p for p in PROMPTS for _ in range(2)]

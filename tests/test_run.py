@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ctbench.errors import UserError
-from ctbench.run import Run, RunConfig, SilentObserver
+from ctbench.runs.config import RunConfig
+from ctbench.runs.run import Run, SilentObserver
 from ctbench.strategy import BudgetExceeded
 
 BUDGET = 8

@@ -1,4 +1,5 @@
-"""Tests for ctbench.sandbox: untrusted code is contained, and one bad program costs only itself."""
+"""Tests for ctbench.scoring.sandbox: untrusted code is contained, and one bad program costs
+only itself."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ctbench import sandbox
-from ctbench.sandbox import ProgramResult, SandboxLimits, run_programs
+from ctbench.scoring import sandbox
+from ctbench.scoring.sandbox import ProgramResult, SandboxLimits, run_programs
 
 # Short limits keep the containment tests fast; the other tests use the defaults.
 FAST = SandboxLimits(cpu_seconds=0.3, wall_seconds=1.5)

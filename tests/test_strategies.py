@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from ctbench.errors import UserError
-from ctbench.plugins import resolve_strategy
-from ctbench.run import Run, RunConfig, SilentObserver
+from ctbench.runs.config import RunConfig
+from ctbench.runs.run import Run, SilentObserver
+from ctbench.strategies.plugins import resolve_strategy
 from ctbench.strategy import BudgetExceeded, StrategyFailed
 
 BUDGET = 8
@@ -335,7 +336,7 @@ def test_mixed_rl_steps_record_each_tasks_entropy(results):
 def test_plot_data_carries_what_each_strategy_measured(results):
     """bwt's figures include Δ and predicted-vs-measured; merge's R shows its branches;
     the step-entropy series has one point per main-line RL step (binned)."""
-    from ctbench.plots import figures, plot_data
+    from ctbench.results.plots import figures, plot_data
 
     bwt = plot_data(results["bwt"])
     assert len(bwt["transfer"]["delta"]) == 4 and len(bwt["prediction"]) == 4

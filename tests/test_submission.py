@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ctbench.errors import UserError
-from ctbench.run import SilentObserver
-from ctbench.submission import create_bundle, validate_bundle
+from ctbench.results.submission import create_bundle, validate_bundle
+from ctbench.runs.run import SilentObserver
 
 STRATEGY = """
 from ctbench.strategy import Stage, Strategy

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from ctbench.errors import UserError
-from ctbench.taskdata import load_task
-from ctbench.taskspec import find_task_spec, parse_task_spec
-from ctbench.track import parse_track_spec
+from ctbench.tracks.taskdata import load_task
+from ctbench.tracks.taskspec import find_task_spec, parse_task_spec
+from ctbench.tracks.track import parse_track_spec
 
 GOOD = """\
 name: toy
@@ -59,8 +59,8 @@ def test_generated_items_are_reproducible(tiny_track):
 def test_track_hash_changes_with_task_content(tiny_track, tmp_path, monkeypatch):
     import shutil
 
-    from ctbench.resources import data_root
-    from ctbench.track import load_track
+    from ctbench.tracks.resources import data_root
+    from ctbench.tracks.track import load_track
 
     shutil.copytree(data_root() / "tasks", tmp_path / "tasks")
     math_file = tmp_path / "tasks" / "math.yaml"
@@ -171,7 +171,7 @@ def test_local_parquet_dataset_missing_column(task_dir):
 
 
 def test_track_rejects_unknown_rl_key(tmp_path):
-    from ctbench.resources import tracks_dir
+    from ctbench.tracks.resources import tracks_dir
 
     text = (tracks_dir() / "tiny.yaml").read_text().replace("  group_size: 8", "  group_sise: 8")
     path = tmp_path / "t.yaml"

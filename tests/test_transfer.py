@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from ctbench.errors import UserError
-from ctbench.transfer import (
+from ctbench.results.validation import correlation, sample_orders
+from ctbench.strategies.transfer import (
     TransferMatrix,
     best_order,
     order_value,
     predict_final_scores,
     transfer_matrix,
 )
-from ctbench.validation import correlation, sample_orders
 
 BASE = {"a": 0.5, "b": 0.4, "c": 0.3}
 PROBES = {

@@ -30,17 +30,18 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from ctbench.atomic import write_json_atomic, write_jsonl_atomic
-from ctbench.base import ensure_base_checkpoint, load_base
-from ctbench.compute import ComputeMeter
-from ctbench.engine import Engine, StepLog
+from ctbench.common.atomic import write_json_atomic, write_jsonl_atomic
+from ctbench.training.tiny_base import ensure_base_checkpoint, load_base
+from ctbench.training.compute import ComputeMeter
+from ctbench.training.engine import Engine, StepLog
 from ctbench.errors import UserError
-from ctbench.evaluate import Evaluator, TaskEvaluation
-from ctbench.merging import merge_checkpoints
-from ctbench.plugins import resolve_strategy
-from ctbench.result import SCHEMA_VERSION, build_result
-from ctbench.rewards import build_reward, chance_level
-from ctbench.rollout import HFRollout
+from ctbench.runs.config import RunConfig, derived_seed, resolve_device
+from ctbench.runs.evaluate import Evaluator, TaskEvaluation
+from ctbench.training.merging import merge_checkpoints
+from ctbench.strategies.plugins import resolve_strategy
+from ctbench.runs.result import SCHEMA_VERSION, build_result
+from ctbench.scoring.rewards import build_reward, chance_level
+from ctbench.training.rollout import HFRollout
 from ctbench.strategy import (
     BASE,
     CURRENT,
@@ -52,9 +53,9 @@ from ctbench.strategy import (
     StrategyContext,
     StrategyFailed,
 )
-from ctbench.track import Track, load_track
+from ctbench.tracks.track import Track, load_track
 
-__all__ = ["SCHEMA_VERSION", "Run", "RunConfig", "RunObserver", "SilentObserver"]
+__all__ = ["SCHEMA_VERSION", "Run", "RunObserver", "SilentObserver"]
 
 
 class RunObserver(Protocol):
@@ -73,34 +74,6 @@ class SilentObserver:
     def step_done(self, log: StepLog) -> None: ...
     def stage_finished(self, index: int, row: dict[str, TaskEvaluation]) -> None: ...
     def note(self, message: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    track: str = "tiny"
-    strategy: str = "random"
-    params: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    budget: int | None = None
-    device: str = "auto"  # auto = cuda when available, else cpu
-
-
-def resolve_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for but torch sees no GPU", where="--device")
-    if not (requested == "cpu" or requested.startswith("cuda")):
-        raise UserError(f"expected auto, cpu or cuda[:N], got {requested!r}", where="--device")
-    return requested
-
-
-def derived_seed(seed: int, *parts: int) -> int:
-    """A seed for one stage/evaluation, a fixed function of the run seed and its position."""
-    value = seed
-    for part in parts:
-        value = (value * 1_000_003 + part * 7_919 + 17) % (2**31 - 1)
-    return value
 
 
 def _ensure_writable(out: Path) -> None:

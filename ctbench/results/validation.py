@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ctbench.aggregate import correlation
-from ctbench.atomic import write_json_atomic
+from ctbench.common.atomic import write_json_atomic
 from ctbench.errors import UserError
-from ctbench.run import Run, RunConfig, RunObserver
-from ctbench.track import load_track
-from ctbench.transfer import TransferMatrix, best_order, predict_final_scores
+from ctbench.results.aggregate import correlation
+from ctbench.runs.config import RunConfig
+from ctbench.runs.run import Run, RunObserver
+from ctbench.strategies.transfer import TransferMatrix, best_order, predict_final_scores
+from ctbench.tracks.track import load_track
 
 DEFAULT_PROBE_SHARE = 0.2  # the bwt baseline's default, so Δ means the same thing in both
 

@@ -13,18 +13,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctbench.engine import RLConfig, SFTConfig
+from ctbench.common.yamlspec import Fields, load_yaml_mapping
 from ctbench.errors import UserError
-from ctbench.model import TinyModelSpec
-from ctbench.resources import tracks_dir
-from ctbench.taskdata import Task, load_task
-from ctbench.taskspec import TaskSpec, find_task_spec
-from ctbench.yamlspec import Fields, load_yaml_mapping
+from ctbench.tracks.engine_settings import RLConfig, SFTConfig
+from ctbench.tracks.model import TinyModelSpec
+from ctbench.tracks.resources import tracks_dir
+from ctbench.tracks.taskdata import Task, load_task
+from ctbench.tracks.taskspec import TaskSpec, find_task_spec
 
 
 @dataclass(frozen=True)
 class PretrainSpec:
-    """The tiny base model's short pre-training on the task formats (see ctbench.base)."""
+    """The tiny base model's short pre-training on the task formats
+    (see ``ctbench.training.tiny_base``)."""
 
     max_steps: int = 1200
     lr: float = 2e-3

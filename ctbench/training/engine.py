@@ -24,11 +24,19 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ctbench import fastllama
-from ctbench.compute import ComputeMeter
-from ctbench.errors import UserError
-from ctbench.losses import (
-    Aggregation,
+from ctbench.scoring.rewards import Reward
+from ctbench.strategy import Objective
+from ctbench.tracks.engine_settings import (
+    BlendConfig,
+    RLConfig,
+    SFTConfig,
+    StageConfig,
+    with_overrides,
+)
+from ctbench.tracks.taskdata import Item, Task
+from ctbench.training import fastllama
+from ctbench.training.compute import ComputeMeter
+from ctbench.training.losses import (
     chord_phi,
     group_advantages,
     grpo_loss,
@@ -36,95 +44,7 @@ from ctbench.losses import (
     sft_loss,
     token_logprobs,
 )
-from ctbench.rewards import Reward
-from ctbench.rollout import RolloutBackend
-from ctbench.strategy import Objective
-from ctbench.taskdata import Item, Task
-
-
-@dataclass(frozen=True)
-class RLConfig:
-    """GRPO knobs; every one is recorded in the result (DESIGN §6)."""
-
-    prompts_per_step: int = 16
-    group_size: int = 8
-    lr: float = 4e-4
-    temperature: float = 1.0
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    beta: float = 0.0
-    aggregation: Aggregation = "token-mean"
-    scale_advantages: bool = True
-    max_grad_norm: float = 1.0
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    batch_size: int = 32
-    lr: float = 1e-3
-    max_grad_norm: float = 1.0
-
-
-@dataclass(frozen=True)
-class BlendConfig:
-    """CHORD (arXiv 2508.11408): loss ``(1 - mu_t) * L_GRPO + mu_t * L_SFT``, one optimizer.
-
-    ``mu_t`` warms up linearly 0 → ``mu_peak`` over ``warmup_frac`` of the stage, decays
-    (cosine) to ``mu_valley`` over the next ``decay_frac``, then stays there; CHORD-phi is
-    ``mu_peak = mu_valley = 0.1`` with no warm-up or decay. ``expert_share`` is the share of
-    each step's sequences that are expert demonstrations instead of rollouts (the paper's
-    example: 64 of 320). ``phi`` weights each expert token by p(1 - p) (off: plain NLL).
-    The GRPO half uses the stage's RL settings (learning rate included).
-    """
-
-    mu_peak: float = 0.1
-    mu_valley: float = 0.1
-    warmup_frac: float = 0.0
-    decay_frac: float = 0.0
-    expert_share: float = 0.2
-    phi: bool = True
-
-    def __post_init__(self) -> None:
-        for key in ("mu_peak", "mu_valley", "warmup_frac", "decay_frac", "expert_share"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0:
-                raise UserError(f"expected a value in [0, 1], got {value!r}", where=key)
-        if self.warmup_frac + self.decay_frac > 1.0:
-            raise UserError("warmup_frac + decay_frac must not exceed 1", where="blend")
-        if self.expert_share >= 1.0:
-            raise UserError("expert_share must leave room for rollouts (< 1)", where="blend")
-
-
-def with_overrides(config: Any, overrides: Mapping[str, Any], where: str) -> Any:
-    """``config`` with some fields replaced, each value checked against the field's type."""
-    fields = [f.name for f in dataclasses.fields(config)]
-    changes = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise UserError(
-                f"unknown stage hyper-parameter {key!r} (allowed: {', '.join(fields)})",
-                where=where,
-            )
-        current = getattr(config, key)
-        if isinstance(current, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(current, float):
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, type(current)) and not isinstance(value, bool)
-        if not ok:
-            raise UserError(f"{key}: expected {type(current).__name__}, got {value!r}", where=where)
-        changes[key] = type(current)(value)
-    return dataclasses.replace(config, **changes)
-
-
-@dataclass(frozen=True)
-class StageConfig:
-    """The engine settings of one stage: the track's defaults plus the stage's overrides."""
-
-    rl: RLConfig
-    sft: SFTConfig
-    blend: BlendConfig
+from ctbench.training.rollout import RolloutBackend
 
 
 @dataclass

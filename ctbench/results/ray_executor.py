@@ -15,20 +15,19 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ctbench.errors import UserError
-from ctbench.run import RunConfig, RunObserver, SilentObserver
-
-if TYPE_CHECKING:
-    from ctbench.compare import Cell
+from ctbench.results.grid import Cell
+from ctbench.runs.config import RunConfig
+from ctbench.runs.run import RunObserver, SilentObserver
 
 
 def _run_cell(config: dict[str, Any], folder: str, run_id: str, threads: int | None) -> str:
     """The Ray task body: one cell, start to finish (or resumed), in a worker process."""
     import torch
 
-    from ctbench.run import Run
+    from ctbench.runs.run import Run
 
     if threads is not None:
         # Ray exports OMP_NUM_THREADS for the task's CPUs; torch's intra-op pool must match,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+from ctbench.strategies.transfer import TransferMatrix, transfer_matrix
 from ctbench.strategy import BASE, Objective, Stage, StrategyContext
-from ctbench.transfer import TransferMatrix, transfer_matrix
 
 
 def probe_name(task: str) -> str:

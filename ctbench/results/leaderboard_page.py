@@ -2,7 +2,7 @@
 
 The page has no external assets (no CDN, no fonts, no linked images): a sortable table,
 and per strategy an R heatmap (coloured table cells) and the example run's figures from
-:mod:`ctbench.plots` as inline PNG data (R with branch rows, forgetting, entropy over
+:mod:`ctbench.results.plots` as inline PNG data (R with branch rows, forgetting, entropy over
 stages and steps, Δ and predicted-vs-measured where measured), so it can be published as
 is and opened offline.
 """
@@ -14,7 +14,7 @@ import html
 import json
 from typing import Any
 
-from ctbench.compute import total_wall_s
+from ctbench.training.compute import total_wall_s
 
 
 def _fmt(value: float | None, signed: bool = True) -> str:
@@ -91,7 +91,7 @@ def _heatmap(entry: dict[str, Any], tasks: list[str]) -> str:
 
 def _figures(entry: dict[str, Any]) -> str:
     """The entry's example-run figures as inline PNGs (data URIs keep the page one file)."""
-    from ctbench.plots import figures, png_bytes
+    from ctbench.results.plots import figures, png_bytes
 
     parts = []
     for name, fig in figures(entry["example"]).items():

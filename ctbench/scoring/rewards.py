@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ctbench.errors import UserError
-from ctbench.judges import build_judge
-from ctbench.sandbox import SandboxLimits, run_programs
-from ctbench.taskdata import Item, Task
+from ctbench.scoring.judges import build_judge
+from ctbench.scoring.sandbox import SandboxLimits, run_programs
+from ctbench.tracks.taskdata import Item, Task
 
 
 class Reward(Protocol):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ctbench.errors import UserError
-from ctbench.taskdata import Item
+from ctbench.tracks.taskdata import Item
 
 
 class Judge(Protocol):

@@ -39,13 +39,13 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from ctbench.errors import UserError
-from ctbench.model import build_tiny_model, load_causal_lm
-from ctbench.resources import cache_dir
-from ctbench.rewards import Reward, build_reward, chance_level
-from ctbench.rollout import HFRollout
-from ctbench.taskdata import Item
-from ctbench.tokenizer import build_char_tokenizer
-from ctbench.track import PretrainSpec, Track
+from ctbench.scoring.rewards import Reward, build_reward, chance_level
+from ctbench.tracks.model import build_tiny_model, load_causal_lm
+from ctbench.tracks.resources import cache_dir
+from ctbench.tracks.taskdata import Item
+from ctbench.tracks.tokenizer import build_char_tokenizer
+from ctbench.tracks.track import PretrainSpec, Track
+from ctbench.training.rollout import HFRollout
 
 BASE_RECIPE_VERSION = 1
 Progress = Callable[[int, int, dict[str, float]], None]

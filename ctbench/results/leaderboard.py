@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ctbench import __version__
-from ctbench.aggregate import bootstrap_acc
-from ctbench.atomic import write_json_atomic
-from ctbench.compare import final_items
-from ctbench.compute import total_wall_s
+from ctbench.common.atomic import write_json_atomic
 from ctbench.errors import UserError
-from ctbench.plots import plot_data
-from ctbench.result import result_content_hash
-from ctbench.track import Track
+from ctbench.results.aggregate import bootstrap_acc
+from ctbench.results.compare import final_items
+from ctbench.results.plots import plot_data
+from ctbench.runs.result import result_content_hash
+from ctbench.tracks.track import Track
+from ctbench.training.compute import total_wall_s
 
 LEADERBOARD_SCHEMA = 1
 RESULT_SCHEMA = 1

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ctbench.errors import UserError
-from ctbench.generators import GENERATORS
-from ctbench.taskspec import TaskSpec
+from ctbench.tracks.generators import GENERATORS
+from ctbench.tracks.taskspec import TaskSpec
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ctbench.atomic import write_json_atomic
-from ctbench.compare import run_grid
+from ctbench.common.atomic import write_json_atomic
 from ctbench.errors import UserError
-from ctbench.leaderboard import build_leaderboard, validate_result
-from ctbench.plugins import files_hash, resolve_strategy
-from ctbench.run import RunObserver
-from ctbench.track import Track, load_track
+from ctbench.results.compare import run_grid
+from ctbench.results.leaderboard import build_leaderboard, validate_result
+from ctbench.runs.run import RunObserver
+from ctbench.strategies.plugins import files_hash, resolve_strategy
+from ctbench.tracks.track import Track, load_track
 
 BUNDLE_SCHEMA = 1
 

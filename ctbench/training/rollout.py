@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from ctbench import fastllama
+from ctbench.training import fastllama
 
 
 @dataclass
@@ -136,7 +136,7 @@ class HFRollout:
     Two exact savings over a plain loop: a prompt repeated G times (a GRPO group) is
     pre-filled once and its cache repeated; rows that have emitted EOS leave the decoding
     batch, so a batch mixing 4-token and 24-token answers does not pay for the long ones on
-    every row. For plain Llama models the decoding runs through :mod:`ctbench.fastllama`
+    every row. For plain Llama models the decoding runs through :mod:`ctbench.training.fastllama`
     (same arithmetic, far less per-call overhead); ``fast=False`` forces the generic path.
     """
 

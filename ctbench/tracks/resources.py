@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+# This module sits in ctbench/tracks/; the package root is one level up.
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 def data_root() -> Path:

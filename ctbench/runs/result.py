@@ -13,16 +13,16 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from ctbench.metrics import all_metrics, merge_loss, metrics_to_json
-from ctbench.provenance import config_hash, environment
-from ctbench.rewards import chance_level
+from ctbench.runs.metrics import all_metrics, merge_loss, metrics_to_json
+from ctbench.runs.provenance import config_hash, environment
+from ctbench.scoring.rewards import chance_level
 
 if TYPE_CHECKING:
-    from ctbench.compute import ComputeMeter
-    from ctbench.plugins import ResolvedStrategy
-    from ctbench.run import RunConfig
+    from ctbench.training.compute import ComputeMeter
+    from ctbench.strategies.plugins import ResolvedStrategy
+    from ctbench.runs.config import RunConfig
     from ctbench.strategy import Strategy
-    from ctbench.track import Track
+    from ctbench.tracks.track import Track
 
 SCHEMA_VERSION = 1
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from ctbench.errors import UserError
-from ctbench.probing import measure_transfer
+from ctbench.strategies.probing import measure_transfer
 from ctbench.strategy import Stage, Strategy, StrategyContext, require_budget, split_evenly
 
 

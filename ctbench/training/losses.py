@@ -6,11 +6,10 @@ writes it, each term named). The engine composes them; CHORD's blend is
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 
-Aggregation = Literal["token-mean", "seq-mean-token-mean"]
+from ctbench.tracks.engine_settings import Aggregation
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation) -> torch.Tensor:

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ctbench.common.yamlspec import Fields, load_yaml_mapping
 from ctbench.errors import UserError
-from ctbench.resources import tasks_dir
-from ctbench.yamlspec import Fields, load_yaml_mapping
+from ctbench.tracks.resources import tasks_dir
 
 REWARD_KINDS = ("exact", "numeric", "choice", "code", "judge")
 JUDGE_TYPES = ("rubric", "embedding")

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from ctbench.compute import ComputeMeter
-from ctbench.metrics import mean_and_stderr
-from ctbench.rewards import Reward
-from ctbench.rollout import RolloutBackend
-from ctbench.taskdata import Item, Task
+from ctbench.training.compute import ComputeMeter
+from ctbench.runs.metrics import mean_and_stderr
+from ctbench.scoring.rewards import Reward
+from ctbench.training.rollout import RolloutBackend
+from ctbench.tracks.taskdata import Item, Task
 
 
 @dataclass

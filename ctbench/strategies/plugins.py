@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctbench.common.yamlspec import Fields, load_yaml_mapping
 from ctbench.errors import UserError
-from ctbench.resources import data_root
 from ctbench.strategy import Strategy
-from ctbench.yamlspec import Fields, load_yaml_mapping
+from ctbench.tracks.resources import data_root
 
 ENTRY_POINT_GROUP = "ctbench.strategies"
 

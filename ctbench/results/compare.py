@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctbench.aggregate import RunItems, bootstrap_acc, bootstrap_paired_difference
-from ctbench.atomic import write_json_atomic
-from ctbench.compute import total_wall_s
+from ctbench.common.atomic import write_json_atomic
 from ctbench.errors import UserError
-from ctbench.plugins import resolve_strategy
-from ctbench.run import Run, RunConfig, RunObserver
+from ctbench.results.aggregate import RunItems, bootstrap_acc, bootstrap_paired_difference
+from ctbench.results.grid import plan_cells
+from ctbench.runs.run import Run, RunObserver
+from ctbench.strategies.plugins import resolve_strategy
+from ctbench.training.compute import total_wall_s
 
 REFERENCE_SIX = ("joint", "merge", "random", "bwt", "sft_then_rl", "chord")
 
@@ -57,35 +57,6 @@ def final_items(run_dir: Path, result: dict[str, Any]) -> RunItems:
     return items
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One (strategy, seed) run of the grid, with the fixed folder name that makes it
-    resumable: a finished cell is read, an interrupted one resumes, a missing one runs."""
-
-    strategy: str
-    seed: int
-    config: RunConfig
-    run_id: str
-
-
-def plan_cells(
-    strategies: Sequence[str],
-    seeds: Sequence[int],
-    *,
-    track: str,
-    budget: int | None = None,
-    device: str = "auto",
-) -> list[Cell]:
-    cells = []
-    for name in strategies:
-        # A file reference (path/to/file.py:Class) becomes a safe folder name.
-        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-        for seed in seeds:
-            config = RunConfig(track=track, strategy=name, seed=seed, budget=budget, device=device)
-            cells.append(Cell(name, seed, config, f"{safe}-s{seed}"))
-    return cells
-
-
 def run_grid(
     strategies: Sequence[str],
     seeds: Sequence[int],
@@ -102,7 +73,7 @@ def run_grid(
     """Run every missing cell under ``<out>/compare-<track>/`` and return all cell folders.
 
     ``local`` runs cells one after another in this process; ``ray`` dispatches them as Ray
-    tasks (see :mod:`ctbench.ray_executor`). Both write the same folders, so a grid started
+    tasks (see :mod:`ctbench.results.ray_executor`). Both write the same folders, so a grid started
     on one executor can be finished on the other."""
     folder = out / f"compare-{track}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +83,7 @@ def run_grid(
             observer.note(f"cell {cell.strategy} seed {cell.seed}")
             Run.create(cell.config, folder, observer, run_id=cell.run_id).execute()
     elif executor == "ray":
-        from ctbench.ray_executor import run_cells_on_ray
+        from ctbench.results.ray_executor import run_cells_on_ray
 
         run_cells_on_ray(
             cells, folder, observer=observer, address=address, cpus_per_cell=cpus_per_cell

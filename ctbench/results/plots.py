@@ -19,9 +19,9 @@ from typing import Any
 import matplotlib
 from matplotlib.figure import Figure
 
-from ctbench.aggregate import correlation
-from ctbench.metrics import forgetting_matrix
-from ctbench.result import is_main_line, main_line_schedule
+from ctbench.results.aggregate import correlation
+from ctbench.runs.metrics import forgetting_matrix
+from ctbench.runs.result import is_main_line, main_line_schedule
 
 # Per-step traces are averaged into at most this many bins for the page: a 400-step run
 # stays legible and the leaderboard JSON stays small.
@@ -307,7 +307,7 @@ def png_bytes(fig: Figure, dpi: int = 90) -> bytes:
 
 
 def write_figures(data: dict[str, Any], folder: Path) -> list[Path]:
-    from ctbench.atomic import write_bytes_atomic
+    from ctbench.common.atomic import write_bytes_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
