@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import random
+import re
+
 import pytest
 
 from ctbench.scoring.judges import EmbeddingJudge, RubricJudge
@@ -122,3 +126,98 @@ def test_embedding_judge_uses_a_real_model_and_prefers_variety(embedding_judge):
 
 def test_creative_task_uses_the_judge_from_its_yaml(tiny_track):
     assert isinstance(build_reward(tiny_track.tasks["creative"]), RubricJudge)
+
+
+def _old_code_score(item, completion: str) -> float:
+    """The code reward's semantics before the sandbox rebuild, re-implemented plainly: the
+    pattern, the digit budget, then ``repr`` of the value equal to the answer. Only expressions
+    the pattern admits (digits joined by + and -) are ever evaluated, so ``eval`` is safe here."""
+    code = completion.strip()
+    if not code or re.fullmatch(r"[1-9]([+-][1-9])*", code) is None:
+        return 0.0
+    given = collections.Counter(str(item.fields["digits"]).split())
+    used = collections.Counter(re.findall(r"\d", code))
+    if any(used[d] > given[d] for d in used):
+        return 0.0
+    return float(repr(eval(code)) == (item.answer or "").strip())
+
+
+def test_code_reward_scores_are_unchanged_by_the_sandbox_rebuild(tiny_track):
+    """Every benign completion of the tiny code task scores exactly as before the rebuild
+    (the published results must not move): a few hundred completions built from the task's
+    own items, right, wrong and malformed."""
+    task = tiny_track.tasks["code"]
+    reward = build_reward(task)
+    rng = random.Random(15)
+    items = list(task.eval[:40])
+    groups = []
+    for it in items:
+        digits = str(it.fields["digits"]).split()
+        a, b, c = digits[:3]
+        group = [
+            f"{b}+{c}",
+            f"{a}+{b}",
+            f"{a}+{c}",
+            f"{c}-{a}",
+            f"{a}+{b}+{c}",
+            f"{a}-{b}+{c}",
+            a,
+            f"{a}+{a}",
+            f"{b} + {c}",
+            f" {b}+{c} ",
+            "",
+            "0+1",
+            f"{b}*{c}",
+            "x",
+        ]
+        group.append(rng.choice(group) + rng.choice(["", "+1", "-9"]))
+        groups.append(group)
+    new = reward.score_groups(items, groups, training=False)
+    old = [[_old_code_score(it, c) for c in g] for it, g in zip(items, groups, strict=True)]
+    assert sum(len(g) for g in groups) >= 400
+    assert new == old
+    assert 0 < sum(map(sum, new)) < sum(len(g) for g in groups)  # both outcomes occur
+    assert reward.sandbox in ("bwrap", "none")
+
+
+def test_code_reward_records_its_sandbox_level(tiny_track):
+    from ctbench.scoring.rewards import reward_info
+    from ctbench.scoring.sandbox import sandbox_level
+
+    reward = build_reward(tiny_track.tasks["code"])
+    assert reward_info(tiny_track.tasks["code"], reward) == {"sandbox": sandbox_level()}
+    assert reward_info(tiny_track.tasks["math"]) == {}
+
+
+def test_code_reward_refuses_without_a_fence_unless_opted_in(tiny_track, monkeypatch):
+    from ctbench.errors import UserError
+    from ctbench.scoring import sandbox
+
+    monkeypatch.setattr(sandbox, "_bwrap_facts", lambda: None)  # a machine without a fence
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    with pytest.raises(UserError, match="CTBENCH_ALLOW_UNSAFE_CODE=1"):
+        build_reward(tiny_track.tasks["code"])
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    reward = build_reward(tiny_track.tasks["code"])
+    assert reward.sandbox == "none"
+    it = item(task="code", answer="6", digits="1 4 2")
+    assert reward.score_groups([it], [["4+2", "4+1"]], training=False) == [[1.0, 0.0]]
+
+
+def test_tests_mode_scores_hidden_calls(tmp_path):
+    from ctbench.scoring.rewards import CodeExecution
+
+    reward = CodeExecution({"mode": "tests"}, "test")
+    it = item(
+        task="mbpp",
+        tests=[
+            {"call": "pair(2)", "expected_literal": "(2, 4)"},
+            {"call": "pair(3)", "expected": [3, 9]},
+        ],
+    )
+    good = "def pair(x):\n    return (x, x * x) if x == 2 else [x, x * x]"
+    wrong_type = "def pair(x):\n    return [x, x * x]"
+    liar = "class Y:\n    def __eq__(self, o): return True\ndef pair(x):\n    return Y()"
+    assert reward.score_groups([it], [[good, wrong_type, liar, ""]], training=False) == [
+        [1.0, 0.0, 0.0, 0.0]
+    ]

