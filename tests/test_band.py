@@ -6,6 +6,8 @@ The RL half (a single-task stage gains >= 0.10) takes minutes, so it is measured
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from ctbench.runs.calibration import BAND_HIGH, BAND_LOW
@@ -20,6 +22,22 @@ def test_shipped_base_matches_the_track_recipe(tiny_track):
     assert shipped_checkpoint_dir(tiny_track) is not None, (
         "the shipped tiny base was built by another recipe or task set; rebuild it with "
         "`ctbench base --rebuild` and copy it to tasks/tracks/tiny-base"
+    )
+
+
+# SHA-256 of the shipped weights (tasks/tracks/tiny-base/model.safetensors). Every published
+# number was measured from these bytes: a rebuilt or edited checkpoint must change this line
+# in the same commit, with the README's band table and results re-measured.
+SHIPPED_WEIGHTS_SHA256 = "95752382c0ab3ff13249cbf3fab5e74e729c540e0661ca32e2053ef8d52253c2"
+
+
+def test_shipped_base_weights_are_the_published_ones(tiny_track):
+    folder = shipped_checkpoint_dir(tiny_track)
+    assert folder is not None
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == SHIPPED_WEIGHTS_SHA256, (
+        "tasks/tracks/tiny-base/model.safetensors is not the checkpoint the published numbers "
+        "were measured with"
     )
 
 

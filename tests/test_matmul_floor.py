@@ -9,22 +9,62 @@ fails it.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# The benchmark scripts are top-level modules named ``engine`` and ``matmul_floor``; loaded
+# under these names and removed afterwards, they can never shadow another ``engine``.
+PRIVATE = {"engine": "_ctbench_benchmark_engine", "matmul_floor": "_ctbench_benchmark_floor"}
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def benchmark_scripts() -> Iterator[tuple[ModuleType, ModuleType]]:
+    names = (*PRIVATE, *PRIVATE.values())
+    saved = {name: sys.modules[name] for name in names if name in sys.modules}
+    try:
+        engine = _load(PRIVATE["engine"], BENCHMARKS / "engine.py")
+        sys.modules["engine"] = engine  # only while matmul_floor runs `from engine import`
+        floor = _load(PRIVATE["matmul_floor"], BENCHMARKS / "matmul_floor.py")
+        sys.modules.pop("engine")
+        if "engine" in saved:
+            sys.modules["engine"] = saved["engine"]
+        yield engine, floor
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
 
 
 @pytest.fixture
-def benchmark_modules(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import engine
-    import matmul_floor
+def benchmark_modules() -> Iterator[tuple[ModuleType, ModuleType]]:
+    with benchmark_scripts() as modules:
+        yield modules
 
-    return engine, matmul_floor
+
+def test_loading_the_benchmarks_leaves_no_module_behind():
+    before = set(sys.modules)
+    with benchmark_scripts() as (engine, floor):
+        assert engine.__file__ == str(BENCHMARKS / "engine.py") and callable(floor.step_products)
+        assert "engine" not in sys.modules and "matmul_floor" not in sys.modules
+    assert {"engine", "matmul_floor", *PRIVATE.values()}.isdisjoint(set(sys.modules) - before)
 
 
 def test_floor_lists_every_matrix_product_of_a_grpo_step(benchmark_modules):

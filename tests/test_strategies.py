@@ -15,11 +15,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from killpoints import killed_at, run_files
 
 from ctbench.errors import UserError
 from ctbench.runs.config import RunConfig
 from ctbench.runs.run import Run, SilentObserver
 from ctbench.strategies.plugins import resolve_strategy
+from ctbench.strategies.transfer import TransferMatrix, best_order
 from ctbench.strategy import BudgetExceeded, StrategyFailed
 
 BUDGET = 8
@@ -53,17 +55,21 @@ def deterministic_part(result: dict) -> dict:
     return out
 
 
+RUN_DIRS: dict[str, Path] = {}  # the folders of the `results` runs
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("strategies")
-    return {
-        name: Run.create(
-            RunConfig(strategy=name, seed=0, budget=BUDGET), out, SilentObserver()
-        ).execute()
-        for name in REFERENCE
-    }
+    made = {}
+    for name in REFERENCE:
+        run = Run.create(RunConfig(strategy=name, seed=0, budget=BUDGET), out, SilentObserver())
+        made[name] = run.execute()
+        RUN_DIRS[name] = run.dir
+    return made
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REFERENCE)
 def test_every_reference_strategy_runs_within_the_budget(results, name):
     result = results[name]
@@ -75,6 +81,7 @@ def test_every_reference_strategy_runs_within_the_budget(results, name):
     assert result["strategy"]["source_hash"] and result["config_hash"]
 
 
+@pytest.mark.slow
 def test_merge_keeps_branch_rows_and_reports_merge_loss(results):
     result = results["merge"]
     assert [b["name"] for b in result["branches"]] == result["tasks"]
@@ -87,6 +94,7 @@ def test_merge_keeps_branch_rows_and_reports_merge_loss(results):
     assert result["compute"]["merge"]["wall_s"] > 0
 
 
+@pytest.mark.slow
 def test_bwt_records_transfer_order_predictions_and_probe_compute(results):
     result = results["bwt"]
     report = result["strategy"]["report"]
@@ -99,17 +107,22 @@ def test_bwt_records_transfer_order_predictions_and_probe_compute(results):
             [probe["R"][j] - base[j] for j in range(4)]
         )
     assert sorted(report["order"]) == sorted(result["tasks"])
+    # The order is the search's best order of the very Δ the run recorded.
+    recorded = TransferMatrix.from_json(report["transfer"])
+    assert best_order(recorded, "auto") == (report["order"], report["search"])
     main = [s["name"] for s in result["stages"] if not s["probe"]]
     assert main == report["order"]
     assert set(report["predicted_final"]) == set(result["tasks"])
     assert len(result["matrix"]["R"]) == 5  # probes stay out of the main line's matrix
 
 
+@pytest.mark.slow
 def test_sft_then_rl_records_both_objectives(results):
     stages = results["sft_then_rl"]["stages"]
     assert [(s["objective"], s["steps"]) for s in stages] == [("sft", 2), ("rl", 6)]
 
 
+@pytest.mark.slow
 def test_chord_records_the_mu_trace(results):
     phi = results["chord"]["stages"][0]
     assert phi["objective"] == "blend" and phi["trace"]["mu"] == [0.1] * BUDGET
@@ -119,6 +132,7 @@ def test_chord_records_the_mu_trace(results):
     assert all(a >= b for a, b in itertools.pairwise(mu))
 
 
+@pytest.mark.slow
 def test_bwt_resumes_after_an_interrupted_probe(results, tmp_path):
     run = Run.create(RunConfig(strategy="bwt", seed=0, budget=BUDGET), tmp_path, InterruptAt(3))
     with pytest.raises(Interrupt):
@@ -127,6 +141,7 @@ def test_bwt_resumes_after_an_interrupted_probe(results, tmp_path):
     assert deterministic_part(resumed) == deterministic_part(results["bwt"])
 
 
+@pytest.mark.slow
 def test_merge_resumes_with_its_kept_branches(results, tmp_path):
     run = Run.create(RunConfig(strategy="merge", seed=0, budget=BUDGET), tmp_path, InterruptAt(4))
     with pytest.raises(Interrupt):
@@ -134,6 +149,30 @@ def test_merge_resumes_with_its_kept_branches(results, tmp_path):
     assert len(json.loads((run.dir / "state.json").read_text())["kept"]) == 3
     resumed = Run.resume(run.dir, SilentObserver()).execute()
     assert deterministic_part(resumed) == deterministic_part(results["merge"])
+
+
+@pytest.mark.slow
+def test_merge_killed_during_its_merge_resumes_to_the_same_run(results, tmp_path):
+    """SIGKILL after mergekit wrote the merged model and before the run loaded it: the resumed
+    run merges again (DARE/TIES seeds derive from the run seed) and ends with the numbers and
+    the files of the uninterrupted run, leaving no staging folder behind."""
+    out = tmp_path / "out"
+    args = ["run", "--strategy", "merge", "--seed", "0", "--budget", str(BUDGET)]
+    killed_at("merge", 1, [*args, "--out", str(out)], tmp_path)
+    (run_dir,) = out.iterdir()
+    assert len(json.loads((run_dir / "state.json").read_text())["kept"]) == 4
+    assert not (run_dir / "result.json").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctbench", "run", "--resume", str(run_dir)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    resumed = json.loads((run_dir / "result.json").read_text())
+    assert deterministic_part(resumed) == deterministic_part(results["merge"])
+    assert run_files(run_dir) == run_files(RUN_DIRS["merge"])
 
 
 # ------------------------------------------------------------------------ parameters
@@ -187,6 +226,7 @@ class OneStage(Strategy):
 """
 
 
+@pytest.mark.slow
 def test_plugin_from_an_entry_point(tmp_path, monkeypatch):
     """A package that declares ``[project.entry-points."ctbench.strategies"]`` is found by
     name: here a real dist-info folder on sys.path, as pip would install it."""
@@ -298,6 +338,7 @@ def test_probe_budget_overrun_is_refused(tmp_path):
     assert not (run.dir / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_example_submission_runs(tmp_path):
     example = Path(__file__).resolve().parent.parent / "examples" / "entropy_order.py"
     assert len(example.read_text().splitlines()) < 80
@@ -310,6 +351,7 @@ def test_example_submission_runs(tmp_path):
     assert report["order"] == [*structured, "creative"]
 
 
+@pytest.mark.slow
 def test_readme_strategy_example_runs(tmp_path):
     """The strategy the README shows a submitter is real code: it loads and runs."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -324,6 +366,7 @@ def test_readme_strategy_example_runs(tmp_path):
     assert result["strategy"]["report"]["order"] == ["math", "code", "qa", "creative"]
 
 
+@pytest.mark.slow
 def test_mixed_rl_steps_record_each_tasks_entropy(results):
     """A joint batch mixes tasks; the trace keeps each task's own sampled-token entropy, and
     the batch mean lies within the per-task range (it is their token-weighted mean)."""
@@ -333,6 +376,7 @@ def test_mixed_rl_steps_record_each_tasks_entropy(results):
         assert min(by_task.values()) - 1e-6 <= overall <= max(by_task.values()) + 1e-6
 
 
+@pytest.mark.slow
 def test_plot_data_carries_what_each_strategy_measured(results):
     """bwt's figures include Δ and predicted-vs-measured; merge's R shows its branches;
     the step-entropy series has one point per main-line RL step (binned)."""

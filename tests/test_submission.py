@@ -12,6 +12,9 @@ from ctbench.errors import UserError
 from ctbench.results.submission import create_bundle, validate_bundle
 from ctbench.runs.run import SilentObserver
 
+# Every test here reads runs trained by the module's fixture.
+pytestmark = pytest.mark.slow
+
 STRATEGY = """
 from ctbench.strategy import Stage, Strategy
 
