@@ -226,3 +226,80 @@ def test_sign_folded_rotary_is_llamas_bit_for_bit():
     (grad_llama,) = torch.autograd.grad(llama.square().sum(), x)
     (grad_folded,) = torch.autograd.grad(folded.square().sum(), x)
     assert torch.equal(grad_llama, grad_folded)
+
+
+def _gqa_model(tokenizer) -> torch.nn.Module:
+    """A random small Llama with grouped-query attention: 6 query heads on 2 KV heads."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=(len(tokenizer) + 7) // 8 * 8,
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(2)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_gqa_decode_step_equals_generate_and_sdpa(tokenizer):
+    """The one-token step with the query viewed as [B, KV, G, D] (no K/V copies) gives
+    generate's greedy tokens and SDPA's log-probs on a grouped-query model."""
+    model = _gqa_model(tokenizer)
+    assert fastllama.supports(model)
+    prompts = [p for p in PROMPTS for _ in range(2)]
+    outs = {
+        path: HFRollout(tokenizer, decode_attention=path).generate(
+            model, prompts, max_new_tokens=12, generator=torch.Generator().manual_seed(4)
+        )
+        for path in ("matmul", "sdpa")
+    }
+    assert outs["matmul"].completions == outs["sdpa"].completions
+    assert torch.allclose(
+        outs["matmul"].sampling_logprobs, outs["sdpa"].sampling_logprobs, atol=1e-5
+    )
+    greedy = HFRollout(tokenizer).generate(model, PROMPTS, max_new_tokens=10, greedy=True)
+    encoded = tokenizer(
+        [tokenizer.bos_token + p for p in PROMPTS],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
+    reference = model.generate(
+        **encoded,
+        max_new_tokens=10,
+        do_sample=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    expected = tokenizer.batch_decode(
+        reference[:, encoded.input_ids.shape[1] :], skip_special_tokens=True
+    )
+    assert greedy.completions == expected
+
+
+def test_fast_path_refuses_projections_that_are_not_plain_linear(tiny_track):
+    """A subclass or wrapper of Linear (a peft LoRA layer, a quantized linear) computes more
+    than ``.weight``: the lean path would silently drop it, so it must not take the model."""
+    from ctbench.training.tiny_base import load_base
+
+    class Adapted(torch.nn.Linear):
+        pass
+
+    base, _, _ = load_base(tiny_track)
+    assert fastllama.supports(base)
+    old = base.model.layers[1].mlp.down_proj
+    new = Adapted(old.in_features, old.out_features, bias=False)
+    new.weight = old.weight
+    base.model.layers[1].mlp.down_proj = new
+    assert not fastllama.supports(base)
+    base.model.layers[1].mlp.down_proj = old
+    base.lm_head = Adapted(base.lm_head.in_features, base.lm_head.out_features, bias=False)
+    assert not fastllama.supports(base)

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from ctbench.training.compute import ComputeMeter
 from ctbench.runs.metrics import mean_and_stderr
-from ctbench.scoring.rewards import Reward
-from ctbench.training.rollout import RolloutBackend
+from ctbench.scoring.rewards import ExtractedAnswer, Reward
 from ctbench.tracks.taskdata import Item, Task
+from ctbench.training.compute import ComputeMeter
+from ctbench.training.rollout import RolloutBackend
 
 
 @dataclass
@@ -35,9 +35,12 @@ class TaskEvaluation:
     sequence_entropy: float
     distinct_ratio: float
     items: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # Completions with no extractable answer (tasks that declare ``reward.extract``; None
+    # for the others, whose reward reads the whole completion).
+    format_failures: int | None = None
 
     def summary(self) -> dict[str, float]:
-        return {
+        summary = {
             "score": self.score,
             "stderr": self.stderr,
             "n": self.n,
@@ -45,6 +48,9 @@ class TaskEvaluation:
             "sequence_entropy": self.sequence_entropy,
             "distinct_ratio": self.distinct_ratio,
         }
+        if self.format_failures is not None:
+            summary["format_failures"] = self.format_failures
+        return summary
 
 
 def distinct_entropy(completions: Sequence[str]) -> float:
@@ -65,8 +71,11 @@ class Evaluator:
         entropy_prompts: int = 48,
         entropy_samples: int = 4,
         batch_size: int = 512,
+        prompt_text: Callable[[Item], str] | None = None,
     ) -> None:
         self.tasks = tasks
+        # What the model sees for an item (the engine's PromptFormat for chat tasks).
+        self.prompt_text = prompt_text or (lambda item: item.prompt)
         self.rewards = rewards
         self.rollout = rollout
         self.meter = meter
@@ -87,7 +96,7 @@ class Evaluator:
         phase: str,
     ) -> tuple[list[list[str]], list[float]]:
         """Completions grouped per item, plus per-token entropies of every sampled token."""
-        prompts = [item.prompt for item in items for _ in range(samples)]
+        prompts = [text for item in items for text in [self.prompt_text(item)] * samples]
         completions: list[str] = []
         entropies: list[float] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -125,8 +134,10 @@ class Evaluator:
             generator=generator,
             phase=phase,
         )
-        scores = self.rewards[spec.name].score_groups(task.eval, groups, training=False)
+        reward = self.rewards[spec.name]
+        scores = reward.score_groups(task.eval, groups, training=False)
         per_item = [sum(row) / len(row) for row in scores]
+        answers = reward.answers(task.eval, groups) if isinstance(reward, ExtractedAnswer) else None
         mean, stderr = mean_and_stderr(per_item)
 
         # Entropy view: K samples at temperature 1 on the first prompts of the eval set.
@@ -158,6 +169,11 @@ class Evaluator:
             }
             for item, group, row, score in zip(task.eval, groups, scores, per_item, strict=True)
         ]
+        failures = None
+        if answers is not None:  # what each completion was graded as; None = format failure
+            for record, extracted in zip(records, answers, strict=True):
+                record["answers"] = extracted
+            failures = sum(a is None for group in answers for a in group)
         return TaskEvaluation(
             score=mean,
             stderr=stderr,
@@ -166,6 +182,7 @@ class Evaluator:
             sequence_entropy=seq_entropy,
             distinct_ratio=distinct,
             items=records,
+            format_failures=failures,
         )
 
     def evaluate(

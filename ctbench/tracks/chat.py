@@ -10,12 +10,13 @@ so every model gets exactly the format it was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from ctbench.errors import UserError
+from ctbench.tracks.taskdata import Item, Task
 
 # Special tokens that end an assistant turn in the common chat formats: ChatML (SmolLM2,
 # Qwen), Llama 3, Phi-3, Gemma, and the end-of-text markers a model may emit instead. Only
@@ -110,3 +111,73 @@ def first_stop(token_ids: Sequence[int], stop_ids: Iterable[int]) -> int | None:
         if token in stops:
             return index
     return None
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that closes an assistant turn in the tokenizer's own chat template.
+
+    Why: an SFT row for a chat task must end the way the model ends its answers, or SFT
+    teaches it to run on past its turn. The template is asked directly (an assistant turn
+    holding a marker is rendered and the first stop token after the marker is taken), so
+    ChatML's ``<|im_end|>``, Llama 3's ``<|eot_id|>`` and the rest need no table here. A
+    template that closes its turns with no stop token falls back to the EOS token."""
+    marker = "ctbench-answer-marker"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}],
+        tokenize=False,
+    )
+    assert isinstance(text, str)
+    stops = set(stop_token_ids(tokenizer))
+    if marker in text:
+        tail = text.split(marker, 1)[1]
+        for token in tokenizer(tail, add_special_tokens=False)["input_ids"]:
+            if token in stops:
+                return int(token)
+    if tokenizer.eos_token_id is None:
+        raise UserError("the tokenizer has neither an end-of-turn nor an EOS token", where="chat")
+    return int(tokenizer.eos_token_id)
+
+
+class PromptFormat:
+    """What the model sees for each task's items: the plain prompt, or for a chat task
+    (``chat: true``) the prompt rendered through the tokenizer's chat template with the
+    task's system prompt.
+
+    One object serves rollouts, evaluation and SFT rows, so the three can never format a
+    task differently. Rendered prompts are remembered (a GRPO step renders each prompt
+    G times; an evaluation renders the same eval set after every stage)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, tasks: Mapping[str, Task]) -> None:
+        self.tokenizer = tokenizer
+        self.settings = {
+            name: (bool(task.spec.chat), task.spec.system_prompt) for name, task in tasks.items()
+        }
+        self._rendered: dict[tuple[str, str], str] = {}
+        self._end_of_turn: int | None = None
+
+    def is_chat(self, task: str) -> bool:
+        return self.settings.get(task, (False, None))[0]
+
+    def text(self, item: Item) -> str:
+        """The prompt text to encode (without adding special tokens) and complete."""
+        chat, system = self.settings.get(item.task, (False, None))
+        if not chat:
+            return item.prompt
+        key = (item.task, item.prompt)
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            rendered = self._rendered[key] = render_chat_prompt(
+                self.tokenizer, item.prompt, system=system
+            )
+        return rendered
+
+    def texts(self, items: Sequence[Item], repeats: int = 1) -> list[str]:
+        """Each item's prompt text, ``repeats`` times in a row (a GRPO group)."""
+        return [text for item in items for text in [self.text(item)] * repeats]
+
+    @property
+    def end_of_turn(self) -> int:
+        """The id a chat task's SFT rows end with (:func:`end_of_turn_id`)."""
+        if self._end_of_turn is None:
+            self._end_of_turn = end_of_turn_id(self.tokenizer)
+        return self._end_of_turn

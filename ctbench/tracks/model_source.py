@@ -105,6 +105,34 @@ def describe_source(source: ModelSource) -> dict[str, Any]:
     return {"kind": source.kind, **{k: v for k, v in asdict(source).items() if v is not None}}
 
 
+def _portable_path(path: str, base_dir: Path | None) -> str:
+    """A local path as another machine could name it: relative to the track's folder when it
+    lies inside it, else just its name."""
+    resolved = Path(path).expanduser().resolve()
+    if base_dir is not None:
+        try:
+            return resolved.relative_to(base_dir.resolve()).as_posix()
+        except ValueError:
+            pass
+    return resolved.name
+
+
+def portable_source(source: ModelSource, base_dir: Path | None = None) -> dict[str, Any]:
+    """:func:`describe_source` without anything that names this machine, for the track hash.
+
+    Why: a track's hash must be the same wherever it runs, and an absolute path (a GGUF file
+    in a home directory, a local model folder) differs between machines. A path becomes
+    relative to ``base_dir`` (the track file's folder) or its bare name; hub names, package
+    files and revisions stay as they are. That a path names the same *weights* everywhere is
+    what the result's ``weights_sha256`` proves, not this description."""
+    described = describe_source(source)
+    if isinstance(source, GGUFSource) and source.path is not None:
+        described["path"] = _portable_path(source.path, base_dir)
+    elif isinstance(source, HFSource) and Path(source.name).expanduser().is_dir():
+        described["name"] = _portable_path(source.name, base_dir)
+    return described
+
+
 # --------------------------------------------------------------------------- parsing
 
 

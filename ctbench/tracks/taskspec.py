@@ -21,6 +21,15 @@ from ctbench.tracks.resources import tasks_dir
 
 REWARD_KINDS = ("exact", "numeric", "choice", "code", "judge")
 JUDGE_TYPES = ("rubric", "embedding")
+# The answer extraction rules (``ctbench.tracks.answers``) each reward kind accepts as
+# ``reward.extract``: a rule must produce what the reward compares (a number for numeric, an
+# option for choice, a program for code). A judge reads the whole text, so it takes none.
+EXTRACT_RULES: dict[str, tuple[str, ...]] = {
+    "exact": ("last_number", "boxed", "after_hashes", "code_block"),
+    "numeric": ("last_number", "boxed", "after_hashes"),
+    "choice": ("choice",),
+    "code": ("code_block",),
+}
 Domain = Literal["structured", "open"]
 
 
@@ -66,16 +75,53 @@ class TaskSpec:
     answer_field: str = "answer"
     expert_field: str = "demonstration"
     file: str = ""
+    # Chat format: render the prompt through the model's chat template (None: the track's
+    # default decides, see ``ctbench.tracks.track.load_track``), with this system prompt
+    # (None: the template's own default).
+    chat: bool | None = None
+    system_prompt: str | None = None
 
     def content_hash(self) -> str:
-        """Hash of everything that defines the task (not where its file happens to live)."""
+        """Hash of everything that defines the task (not where its file happens to live).
+
+        The chat keys enter only when set: a plain-text task hashes exactly as it did before
+        they existed, so the published tiny-track hashes stay valid."""
         payload = {k: v for k, v in asdict(self).items() if k != "file"}
+        if not payload["chat"]:
+            del payload["chat"]
+        if payload["system_prompt"] is None:
+            del payload["system_prompt"]
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _check_reward_params(rew: Fields, kind: str, path: Path) -> None:
+    """The reward's own keys, strictly: a typo (``tolerence:``) or a wrong type
+    (``tolerance: abc``) is an error naming the file and key, not a silent default. Deeper
+    checks that need the reward's code (a regex, sandbox limits, options on the items) run
+    when the reward is built, which ``Run.create`` does before any run folder exists."""
+    if kind == "numeric":
+        tolerance = rew.get("tolerance", float, 1e-6)
+        if tolerance < 0:
+            raise rew.error("tolerance", f"expected a number >= 0, got {tolerance!r}")
+    elif kind == "choice":
+        rew.get("options_field", str, "options")
+    elif kind == "code":
+        rew.get("mode", str, "expression", choices=("expression", "program"))
+        rew.get("pattern", (str, type(None)), None)
+        rew.get("digits_field", (str, type(None)), None)
+        rew.get("limits", dict, {})
+    elif kind == "judge":
+        judge = rew.sub("judge")
+        judge.get("type", str, choices=JUDGE_TYPES)
+        judge.used.update(judge.data)  # the judge's own options are checked by the judge
+    if kind in EXTRACT_RULES:
+        rew.get("extract", str, None, choices=EXTRACT_RULES[kind])
+    rew.finish()
 
 
 def parse_task_spec(path: Path) -> TaskSpec:
@@ -90,6 +136,10 @@ def parse_task_spec(path: Path) -> TaskSpec:
     max_new_tokens = top.positive("max_new_tokens", int)
     answer_field = top.get("answer_field", str, "answer")
     expert_field = top.get("expert_field", str, "demonstration")
+    chat = top.get("chat", (bool, type(None)), None)
+    system_prompt = top.get("system_prompt", (str, type(None)), None)
+    if system_prompt is not None and chat is False:
+        raise top.error("system_prompt", "a system prompt needs the chat format (chat: true)")
 
     src = top.sub("source")
     source = SourceSpec(
@@ -109,16 +159,8 @@ def parse_task_spec(path: Path) -> TaskSpec:
 
     rew = top.sub("reward")
     kind = rew.get("kind", str, choices=REWARD_KINDS)
-    params = {k: v for k, v in rew.data.items() if k != "kind"}
-    rew.used.update(params)
-    if kind == "judge":
-        judge = Fields(params.get("judge"), path=path, prefix="reward.judge.")
-        judge.get("type", str, choices=JUDGE_TYPES)
-    if kind == "code":
-        Fields(params, path=path, prefix="reward.").get(
-            "mode", str, "expression", choices=("expression", "program")
-        )
-    reward = RewardSpec(kind=kind, params=params)
+    _check_reward_params(rew, kind, path)
+    reward = RewardSpec(kind=kind, params={k: v for k, v in rew.data.items() if k != "kind"})
 
     ev = top.sub("eval")
     evaluation = EvalSpec(
@@ -142,6 +184,8 @@ def parse_task_spec(path: Path) -> TaskSpec:
         answer_field=answer_field,
         expert_field=expert_field,
         file=str(path),
+        chat=chat,
+        system_prompt=system_prompt,
     )
 
 

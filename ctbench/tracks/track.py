@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from ctbench.common.yamlspec import Fields, load_yaml_mapping
 from ctbench.errors import UserError
 from ctbench.tracks.engine_settings import RLConfig, SFTConfig
 from ctbench.tracks.model import TinyModelSpec
+from ctbench.tracks.model_source import ModelSource, portable_source, source_from_fields
 from ctbench.tracks.resources import tracks_dir
 from ctbench.tracks.taskdata import Task, load_task
 from ctbench.tracks.taskspec import TaskSpec, find_task_spec
@@ -41,12 +42,14 @@ class PretrainSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Either the embedded tiny model (built + pre-trained from a seed) or a HF model."""
+    """Either the embedded tiny model (built + pre-trained from a seed) or a model *source*
+    (a Hugging Face name or folder, a GGUF file, a GGUF file in an installed package; see
+    ``ctbench.tracks.model_source``), prepared once into the cache and loaded from there."""
 
     tiny: TinyModelSpec | None = None
     init_seed: int = 0
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
-    hf: str | None = None
+    source: ModelSource | None = None
     shipped: str | None = None  # a pre-built checkpoint folder, relative to the track file
 
 
@@ -68,6 +71,10 @@ class TrackSpec:
     sft: SFTConfig
     eval: EvalSettings
     file: str = ""
+    # The chat-format default of the track's tasks (a task's own ``chat:`` wins) and the
+    # system prompt of its chat tasks that set none.
+    chat: bool = False
+    system_prompt: str | None = None
 
     @property
     def budget_steps(self) -> int:
@@ -94,12 +101,21 @@ def parse_track_spec(path: Path) -> TrackSpec:
     version = top.get("version", int)
     description = top.get("description", str, "")
     model_fields = top.sub("model")
-    hf = model_fields.get("hf", (str, type(None)), None)
+    source = source_from_fields(model_fields, base_dir=path.parent)
     tiny = None
     if "tiny" in model_fields.data:
         tiny = _dataclass_from(model_fields.sub("tiny"), TinyModelSpec)
-    if (tiny is None) == (hf is None):
-        raise model_fields.error("", "expected exactly one of model.tiny or model.hf")
+        for key, value in asdict(tiny).items():
+            if value <= 0:
+                raise model_fields.error(f"tiny.{key}", f"expected a positive size, got {value}")
+        if tiny.hidden_size % tiny.num_heads:
+            raise model_fields.error(
+                "tiny.num_heads", f"expected a divisor of hidden_size ({tiny.hidden_size})"
+            )
+    if (tiny is None) == (source is None):
+        raise model_fields.error(
+            "", "expected exactly one of model.tiny or a model source (hf, gguf or package)"
+        )
     init_seed = model_fields.get("init_seed", int, 0)
     shipped = model_fields.get("shipped", (str, type(None)), None)
     pretrain = _dataclass_from(model_fields.sub("pretrain"), PretrainSpec)
@@ -117,18 +133,24 @@ def parse_track_spec(path: Path) -> TrackSpec:
         raise top.error("rl.aggregation", "expected token-mean or seq-mean-token-mean")
     sft = _dataclass_from(top.sub("sft"), SFTConfig)
     evaluation = _dataclass_from(top.sub("eval"), EvalSettings)
+    chat = top.get("chat", bool, False)
+    system_prompt = top.get("system_prompt", (str, type(None)), None)
     top.finish()
     return TrackSpec(
         name=name,
         version=version,
         description=description,
-        model=ModelSpec(tiny=tiny, init_seed=init_seed, pretrain=pretrain, hf=hf, shipped=shipped),
+        model=ModelSpec(
+            tiny=tiny, init_seed=init_seed, pretrain=pretrain, source=source, shipped=shipped
+        ),
         task_names=tuple(task_names),
         steps_per_task=steps_per_task,
         rl=rl,
         sft=sft,
         eval=evaluation,
         file=str(path),
+        chat=chat,
+        system_prompt=system_prompt,
     )
 
 
@@ -136,10 +158,17 @@ def available_tracks() -> dict[str, Path]:
     return {p.stem: p for p in sorted(tracks_dir().glob("*.yaml"))}
 
 
+def is_track_path(name_or_path: str) -> bool:
+    """A track named by file (``path/to/x.yaml``) rather than by registry name (``tiny``)."""
+    return Path(name_or_path).suffix in (".yaml", ".yml") or "/" in name_or_path
+
+
 def find_track_spec(name_or_path: str) -> TrackSpec:
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
-        return parse_track_spec(candidate)
+    if is_track_path(name_or_path):
+        if not candidate.is_file():
+            raise UserError("no such track file", where=f"--track {name_or_path}")
+        return parse_track_spec(candidate.resolve())
     tracks = available_tracks()
     if name_or_path not in tracks:
         raise UserError(
@@ -159,16 +188,69 @@ class Track:
         return [t.spec for t in self.tasks.values()]
 
     def content_hash(self) -> str:
+        """Hash of the track spec and every task. The model source enters as its portable
+        description (a package file, a hub name, a path relative to the track), never as a
+        path on this machine, so the same track hashes alike everywhere; which weights it
+        resolved to is the result's ``base.weights_sha256``. Keys added since the tiny
+        track's results were published enter only when set, so its hash is unchanged."""
+        track = {k: v for k, v in asdict(self.spec).items() if k != "file"}
+        model = track["model"]
+        del model["source"]
+        if self.spec.model.source is None:
+            model["hf"] = None  # the key a track without a source always hashed with
+        else:
+            model["source"] = portable_source(self.spec.model.source, Path(self.spec.file).parent)
+        if not track["chat"]:
+            del track["chat"]
+        if track["system_prompt"] is None:
+            del track["system_prompt"]
         payload = {
-            "track": {k: v for k, v in asdict(self.spec).items() if k != "file"},
+            "track": track,
             "tasks": {name: t.content_hash() for name, t in self.tasks.items()},
         }
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def track_task_dir(spec: TrackSpec) -> Path:
+    """Where a track's tasks live: ``<root>/tasks/tracks/x.yaml`` reads ``<root>/tasks/``, so a
+    user's own track folder outside the repository brings its own task files."""
+    return Path(spec.file).parent.parent
+
+
+def track_task_specs(spec: TrackSpec) -> dict[str, TaskSpec]:
+    """The track's task specs, found beside the track; an unknown name names the track file."""
+    specs = {}
+    for name in spec.task_names:
+        try:
+            specs[name] = find_task_spec(name, track_task_dir(spec))
+        except UserError as exc:
+            if exc.where != "task":
+                raise
+            raise UserError(
+                f"{exc.message} (looked in {track_task_dir(spec)})", where=f"{spec.file}: tasks"
+            ) from exc
+    return specs
+
+
+def with_track_defaults(task: TaskSpec, track: TrackSpec) -> TaskSpec:
+    """A task spec with the track's chat defaults filled in where the task sets none, so
+    everything downstream reads one settled ``chat`` and ``system_prompt`` per task."""
+    chat = track.chat if task.chat is None else task.chat
+    system = task.system_prompt if task.system_prompt is not None else track.system_prompt
+    if chat and track.model.tiny is not None:
+        raise UserError(
+            "the chat format needs a model with a chat template; the tiny model's character "
+            "tokenizer has none (drop chat: true or name a model source)",
+            where=f"{task.file}: chat" if task.chat else f"{track.file}: chat",
+        )
+    return replace(task, chat=chat, system_prompt=system if chat else None)
+
+
 def load_track(name_or_path: str) -> Track:
     spec = find_track_spec(name_or_path)
-    task_dir = Path(spec.file).parent.parent
-    tasks = {name: load_task(find_task_spec(name, task_dir)) for name in spec.task_names}
+    tasks = {
+        name: load_task(with_track_defaults(task, spec))
+        for name, task in track_task_specs(spec).items()
+    }
     return Track(spec=spec, tasks=tasks)

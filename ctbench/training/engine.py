@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ctbench.scoring.rewards import Reward
 from ctbench.strategy import Objective
+from ctbench.tracks.chat import PromptFormat
 from ctbench.tracks.engine_settings import (
     BlendConfig,
     RLConfig,
@@ -91,6 +92,8 @@ class Engine:
         self.meter = meter
         self.device = next(model.parameters()).device
         self.reference: PreTrainedModel | None = None
+        # Plain or chat-template prompt text per task, shared with evaluation (run.py).
+        self.prompts = PromptFormat(tokenizer, tasks)
         self.demonstration_pools = {
             name: tuple(i for i in task.train if i.demonstration is not None)
             for name, task in tasks.items()
@@ -158,7 +161,7 @@ class Engine:
         self, items: Sequence[Item], generator: torch.Generator, phase: str
     ) -> tuple[torch.Tensor, StepLog]:
         group = self.rl.group_size
-        prompts = [item.prompt for item in items for _ in range(group)]
+        prompts = self.prompts.texts(items, group)
         max_new = max(self.tasks[item.task].spec.max_new_tokens for item in items)
         rollout = self.rollout.generate(
             self.model,
@@ -231,7 +234,11 @@ class Engine:
     def demonstration_batch(
         self, items: Sequence[Item]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded ``<bos> prompt demonstration <eos>`` rows and the expert-token mask."""
+        """Right-padded ``<bos> prompt demonstration <eos>`` rows and the expert-token mask.
+
+        A chat task's row is what its rollouts look like: the chat-template prompt (which
+        holds its own BOS), the demonstration, and the template's end-of-turn token (SFT
+        must teach the model to close its turn where generation stops)."""
         bos, eos, pad = (
             self.tokenizer.bos_token_id,
             self.tokenizer.eos_token_id,
@@ -243,8 +250,11 @@ class Engine:
                 raise ValueError(
                     f"task {item.task!r} item {item.index} has no expert demonstration"
                 )
-            prompt = [bos, *self.tokenizer.encode(item.prompt, add_special_tokens=False)]
-            answer = [*self.tokenizer.encode(item.demonstration, add_special_tokens=False), eos]
+            prompt = self.tokenizer.encode(self.prompts.text(item), add_special_tokens=False)
+            if bos is not None and prompt[:1] != [bos]:
+                prompt = [bos, *prompt]
+            end = self.prompts.end_of_turn if self.prompts.is_chat(item.task) else eos
+            answer = [*self.tokenizer.encode(item.demonstration, add_special_tokens=False), end]
             rows.append(prompt + answer)
             masks.append([0] * len(prompt) + [1] * len(answer))
         width = max(len(r) for r in rows)

@@ -18,6 +18,18 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM, PreTrainedModel
 
+_PROJECTIONS = (
+    ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+    ("mlp", ("gate_proj", "up_proj", "down_proj")),
+)
+
+
+def _plain_linear(module: object) -> bool:
+    """A ``torch.nn.Linear`` itself, not a subclass or a wrapper: this module reads only
+    ``.weight``, so a peft LoRA layer (its adapters live beside the weight) or a quantized
+    linear would otherwise be silently computed as the bare base weight."""
+    return type(module) is torch.nn.Linear
+
 
 def supports(model: PreTrainedModel) -> bool:
     """True when this module reproduces the model's forward exactly."""
@@ -25,6 +37,12 @@ def supports(model: PreTrainedModel) -> bool:
         return False
     if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False  # a hook changes the module's output; only the module itself can apply it
+    if not _plain_linear(model.lm_head) or type(model.model.embed_tokens) is not torch.nn.Embedding:
+        return False
+    for layer in model.model.layers:
+        for block, names in _PROJECTIONS:
+            if not all(_plain_linear(getattr(getattr(layer, block), n)) for n in names):
+                return False
     config = model.config
     rope = getattr(config, "rope_parameters", None) or {}
     return (
@@ -134,15 +152,33 @@ def _layer_output(layer: _Layer, x, attended):
 
 
 class LlamaDecoder:
-    """Prefill once, then decode one token per call, for a batch of left-padded rows."""
+    """Prefill once, then decode one token per call, for a batch of left-padded rows.
 
-    def __init__(self, model: LlamaForCausalLM, batch: int, capacity: int) -> None:
+    A one-token decode step attends with plain matmul-softmax-matmul (``decode_attention=
+    "matmul"``, the default), grouped-query models included: the query is viewed as
+    [B, KV, G, D] against the keys' [B, KV, S, D], so query head ``h = i * G + j`` reads KV
+    head ``i`` (as Hugging Face's ``repeat_kv``) without copying K/V G times.
+    ``"sdpa"`` sends the step through ``scaled_dot_product_attention`` instead (kept for
+    the measurement in the README and for tests)."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        batch: int,
+        capacity: int,
+        *,
+        decode_attention: str = "matmul",
+    ) -> None:
+        if decode_attention not in ("matmul", "sdpa"):
+            raise ValueError(f"decode_attention: expected matmul or sdpa, got {decode_attention!r}")
         config = model.config
         self.model = model
+        self.decode_attention = decode_attention
         self.layers = [_Layer(layer) for layer in model.model.layers]
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.groups = self.heads // self.kv_heads  # query heads per KV head
         self.scale = self.head_dim**-0.5
         self.inv_freq = model.model.rotary_emb.inv_freq
         self.embed = model.model.embed_tokens.weight.detach()
@@ -172,7 +208,8 @@ class LlamaDecoder:
         start, end = self.length, self.length + width
         cos, sin = self._rotary(positions)
         # The matmul path's mask, inverted once for all layers.
-        blocked = ~mask if width == 1 and self.kv_heads == self.heads else None
+        blocked = ~mask if width == 1 and self.decode_attention == "matmul" else None
+        batch = ids.shape[0]
         x = F.embedding(ids, self.embed)
         for index, layer in enumerate(self.layers):
             q, k, v = _rotated_qkv(layer, x, cos, sin, self.heads, self.kv_heads, self.head_dim)
@@ -182,9 +219,14 @@ class LlamaDecoder:
             if blocked is not None:
                 # One query per row: plain matmul-softmax-matmul is ~4x cheaper on CPU than
                 # SDPA's flash kernel at this size (measured), and computes the same thing.
-                scores = torch.matmul(q, keys.transpose(-1, -2)) * self.scale
+                # GQA: the G query heads of a KV head form the rows of one [G, S] product
+                # (G = 1 without GQA: the same shapes as a per-head product).
+                grouped = q.view(batch, self.kv_heads, self.groups, self.head_dim)
+                scores = torch.matmul(grouped, keys.transpose(-1, -2)) * self.scale
                 scores = scores.masked_fill(blocked, float("-inf"))
-                attended = torch.matmul(scores.softmax(dim=-1), values)
+                attended = torch.matmul(scores.softmax(dim=-1), values).view(
+                    batch, self.heads, 1, self.head_dim
+                )
             else:
                 attended = F.scaled_dot_product_attention(
                     q,

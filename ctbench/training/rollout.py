@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from ctbench.tracks.chat import stop_token_ids
 from ctbench.training import fastllama
 
 
@@ -25,7 +26,8 @@ class Rollout:
     """A batch of prompts and their completions, laid out for a training forward pass.
 
     ``sequences`` = left-padded prompt ids followed by completion ids (right-padded with
-    ``pad`` after EOS); ``completion_mask`` marks generated tokens up to and including EOS.
+    ``pad`` after the stop token); ``completion_mask`` marks generated tokens up to and
+    including the stop token (EOS or end-of-turn), so training teaches the model to stop.
     """
 
     sequences: torch.Tensor  # [N, P + T] long
@@ -59,20 +61,24 @@ def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ``<bos> prompt`` ids and mask (left padding keeps every row's last token
-    at the same column, so one decoding step serves the whole batch)."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    at the same column, so one decoding step serves the whole batch).
+
+    A prompt whose text already begins with the BOS token gets no second one: a chat
+    template writes its own special tokens, and SmolLM2's BOS *is* ``<|im_start|>``, the
+    first token of every chat prompt."""
+    bos_id = tokenizer.bos_token_id
     unique = list(dict.fromkeys(prompts))
     # One batched (Rust) tokenizer call for the distinct prompts: GRPO repeats each one G times.
-    encoded = dict(
-        zip(unique, tokenizer(unique, add_special_tokens=False)["input_ids"], strict=True)
-    )
-    width = len(bos) + max(len(ids) for ids in encoded.values())
-    padded = {
-        p: [tokenizer.pad_token_id] * (width - len(bos) - len(ids)) + bos + ids
-        for p, ids in encoded.items()
+    encoded = {
+        prompt: ids if bos_id is None or (ids and ids[0] == bos_id) else [bos_id, *ids]
+        for prompt, ids in zip(
+            unique, tokenizer(unique, add_special_tokens=False)["input_ids"], strict=True
+        )
     }
+    width = max(len(ids) for ids in encoded.values())
+    padded = {p: [tokenizer.pad_token_id] * (width - len(ids)) + ids for p, ids in encoded.items()}
     ids = torch.tensor([padded[p] for p in prompts], dtype=torch.long)
-    lengths = torch.tensor([len(bos) + len(encoded[p]) for p in prompts])
+    lengths = torch.tensor([len(encoded[p]) for p in prompts])
     mask = (torch.arange(width)[None, :] >= (width - lengths)[:, None]).long()
     return ids.to(device), mask.to(device)
 
@@ -134,19 +140,48 @@ class HFRollout:
     """Batched sampling from a Hugging Face causal LM with a KV cache.
 
     Two exact savings over a plain loop: a prompt repeated G times (a GRPO group) is
-    pre-filled once and its cache repeated; rows that have emitted EOS leave the decoding
+    pre-filled once and its cache repeated; rows that have stopped leave the decoding
     batch, so a batch mixing 4-token and 24-token answers does not pay for the long ones on
     every row. For plain Llama models the decoding runs through :mod:`ctbench.training.fastllama`
     (same arithmetic, far less per-call overhead); ``fast=False`` forces the generic path.
+
+    A row stops at any of ``stop_ids`` (default :func:`ctbench.tracks.chat.stop_token_ids`:
+    the EOS and the end-of-turn tokens the tokenizer knows, plus the model's generation
+    config EOS): a chat model ends its answer with ``<|im_end|>``, not its end-of-text token.
+    For the tiny track's tokenizer that set is its one EOS id, so nothing changes there.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, fast: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        fast: bool = True,
+        stop_ids: tuple[int, ...] | None = None,
+        decode_attention: str = "matmul",
+    ) -> None:
         self.tokenizer = tokenizer
         self.fast = fast
+        self.decode_attention = decode_attention  # fastllama's one-token step: matmul | sdpa
+        self.stop_ids = stop_ids
+        self._stops: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def stops_for(self, model: PreTrainedModel) -> tuple[int, ...]:
+        """The stop ids for ``model``: the explicit ones, else the tokenizer's with the
+        model's generation-config EOS (one id or a list), computed once per distinct EOS."""
+        if self.stop_ids is not None:
+            return self.stop_ids
+        config = getattr(model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        key = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (eos,))
+        if key not in self._stops:
+            self._stops[key] = stop_token_ids(self.tokenizer, config)
+        return self._stops[key]
 
     def _decoder(self, model: PreTrainedModel, rows: int, capacity: int):
         if self.fast and fastllama.supports(model):
-            return fastllama.LlamaDecoder(model, rows, capacity)
+            return fastllama.LlamaDecoder(
+                model, rows, capacity, decode_attention=self.decode_attention
+            )
         return HFCacheDecoder(model)
 
     @torch.no_grad()
@@ -161,10 +196,15 @@ class HFRollout:
         generator: torch.Generator | None = None,
         min_new_tokens: int = 0,
     ) -> Rollout:
-        """Complete every prompt; ``min_new_tokens`` forbids EOS before that many tokens
-        (as in ``GenerationConfig``), e.g. to make benchmark batches a fixed length."""
+        """Complete every prompt; ``min_new_tokens`` forbids every stop token before that
+        many tokens (as in ``GenerationConfig``), e.g. to make benchmark batches a fixed
+        length."""
         device = next(model.parameters()).device
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        pad = self.tokenizer.pad_token_id
+        stops = self.stops_for(model)
+        # One id (the tiny track): a plain comparison, as before there were several.
+        stop_tensor = torch.tensor(stops, dtype=torch.long, device=device)
+        single_stop = stops[0] if len(stops) == 1 else None
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, prompts, device)
         n, prompt_length = prompt_ids.shape
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
@@ -193,7 +233,7 @@ class HFRollout:
         divisor = 1.0 if greedy else temperature
         for step in range(max_new_tokens):
             if step < min_new_tokens:
-                logits[:, eos] = float("-inf")
+                logits[:, stop_tensor] = float("-inf")
             log_p = torch.log_softmax(logits if divisor == 1.0 else logits / divisor, dim=-1)
             probs = log_p.exp()  # one exp serves both the sampler and the entropy
             if greedy:
@@ -215,7 +255,10 @@ class HFRollout:
             entropies[rows, step] = entropy
             completion_mask[rows, step] = alive.float()
             steps_taken = step + 1
-            alive = alive & (token != eos)
+            stopped = (
+                token == single_stop if single_stop is not None else torch.isin(token, stop_tensor)
+            )
+            alive = alive & ~stopped
             remaining = int(alive.sum())  # the loop's one host sync per step
             if remaining == 0 or step + 1 == max_new_tokens:
                 break

@@ -40,7 +40,13 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from ctbench.errors import UserError
 from ctbench.scoring.rewards import Reward, build_reward, chance_level
-from ctbench.tracks.model import build_tiny_model, load_causal_lm
+from ctbench.tracks.model import build_tiny_model
+from ctbench.tracks.model_source import (
+    PreparedModel,
+    load_prepared,
+    portable_source,
+    prepare_model,
+)
 from ctbench.tracks.resources import cache_dir
 from ctbench.tracks.taskdata import Item
 from ctbench.tracks.tokenizer import build_char_tokenizer
@@ -147,6 +153,73 @@ def dev_scores(
     return scores
 
 
+def pretrain_pools(track: Track) -> tuple[dict[str, list[Item]], dict[str, list[Item]]]:
+    """Each task's dev items (the first ``pretrain.dev_items`` train items, held out to steer
+    the mixture) and the demonstrations pre-training may use (the rest, where marked usable).
+
+    A task too small for this split is a user error that names what is short and the two
+    ways out, raised before any run folder exists (``check_base_buildable``)."""
+    recipe = track.spec.model.pretrain
+    dev: dict[str, list[Item]] = {}
+    usable: dict[str, list[Item]] = {}
+    for name, task in track.tasks.items():
+        pool = list(task.train)
+        dev[name] = pool[: recipe.dev_items]
+        rest = pool[recipe.dev_items :]
+        usable[name] = [i for i in rest if i.pretrain and i.demonstration is not None]
+        if not usable[name]:
+            with_demo = sum(1 for i in pool if i.demonstration is not None)
+            raise UserError(
+                f"task {name!r} has {len(pool)} train items ({with_demo} with a demonstration), "
+                f"but building the tiny base holds out the first {recipe.dev_items} as its dev "
+                f"set (model.pretrain.dev_items), leaving no demonstration to pre-train on; "
+                f"give the task more than {recipe.dev_items} train items with demonstrations "
+                f"({task.spec.file}), or lower model.pretrain.dev_items",
+                where=track.spec.file,
+            )
+    return dev, usable
+
+
+_PREPARED: dict[tuple[Any, str], PreparedModel] = {}
+
+
+def prepared_source(track: Track) -> PreparedModel:
+    """The track's model source made loadable (a GGUF file converted once into the cache, a
+    Hugging Face folder found), remembered for the process: ``Run.create`` prepares it to
+    fail early, and the run itself then needs it again."""
+    source = track.spec.model.source
+    assert source is not None
+    key = (source, str(cache_dir()))
+    prepared = _PREPARED.get(key)
+    if prepared is None or not prepared.folder.is_dir():
+        prepared = _PREPARED[key] = prepare_model(source)
+    return prepared
+
+
+def check_base_buildable(track: Track) -> None:
+    """Fail early, before a run folder is made, if the base would be built and cannot be:
+    a missing model package or folder is one line naming the command that gets it, and a
+    chat-format task on a tokenizer without a chat template is refused now."""
+    if track.spec.model.source is not None:
+        prepared = prepared_source(track)
+        if any(task.spec.chat for task in track.tasks.values()):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(prepared.folder), local_files_only=True)
+            if not getattr(tokenizer, "chat_template", None):
+                raise UserError(
+                    f"the model's tokenizer ({prepared.folder}) has no chat template; drop "
+                    "chat: true or use an instruction-tuned model",
+                    where=f"{track.spec.file}: chat",
+                )
+        return
+    if shipped_checkpoint_dir(track) is not None:
+        return
+    if (base_checkpoint_dir(track) / "base_report.json").exists():
+        return
+    pretrain_pools(track)
+
+
 def pretrain_tiny_base(
     track: Track, progress: Progress | None = None
 ) -> tuple[PreTrainedModel, dict[str, Any]]:
@@ -158,17 +231,10 @@ def pretrain_tiny_base(
     model = build_tiny_model(spec.tiny, len(tokenizer), spec.init_seed)
     rng = random.Random(recipe.seed)
     torch.manual_seed(recipe.seed)
-    dev: dict[str, list[Item]] = {}
-    examples: dict[str, list[tuple[list[int], list[int]]]] = {}
-    for name, task in track.tasks.items():
-        pool = list(task.train)
-        dev[name] = pool[: recipe.dev_items]
-        usable = [i for i in pool[recipe.dev_items :] if i.pretrain and i.demonstration is not None]
-        if not usable:
-            raise UserError(
-                f"task {name!r} has no demonstrations to pre-train on", where=task.spec.file
-            )
-        examples[name] = [_encode_example(tokenizer, i) for i in usable]
+    dev, usable = pretrain_pools(track)
+    examples = {
+        name: [_encode_example(tokenizer, i) for i in items] for name, items in usable.items()
+    }
     rewards = {name: build_reward(task) for name, task in track.tasks.items()}
     weights = {name: 1.0 for name in track.tasks}
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
@@ -271,9 +337,10 @@ def shipped_checkpoint_dir(track: Track) -> Path | None:
 def ensure_base_checkpoint(
     track: Track, progress: Progress | None = None, *, rebuild: bool = False
 ) -> Path:
-    """The path of the track's base checkpoint, building and caching it if needed."""
-    if track.spec.model.hf is not None:
-        return Path(track.spec.model.hf)
+    """The path of the track's base checkpoint, building and caching it if needed (for a
+    model source: the prepared local folder)."""
+    if track.spec.model.source is not None:
+        return prepared_source(track).folder
     shipped = shipped_checkpoint_dir(track)
     if shipped is not None and not rebuild:
         return shipped
@@ -289,10 +356,17 @@ def ensure_base_checkpoint(
 def load_base(
     track: Track, progress: Progress | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """The base model, its tokenizer and the report a result keeps under ``base`` (for a
+    model source: its portable description and ``weights_sha256``)."""
+    if track.spec.model.source is not None:
+        prepared = prepared_source(track)
+        model, tokenizer = load_prepared(prepared)
+        report = {
+            "source": portable_source(prepared.source, Path(track.spec.file).parent),
+            "weights_sha256": prepared.weights_sha256,
+        }
+        return model, tokenizer, report
     path = ensure_base_checkpoint(track, progress)
-    if track.spec.model.hf is not None:
-        model, tokenizer = load_causal_lm(path)
-        return model, tokenizer, {"source": str(path)}
     report = json.loads((path / "base_report.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model, build_char_tokenizer(), report
