@@ -13,6 +13,7 @@ from ctbench.strategy import (
     Stage,
     Strategy,
     StrategyContext,
+    check_merge_settings,
     require_budget,
     split_evenly,
 )
@@ -24,6 +25,11 @@ class MergeExperts(Strategy):
     name = "merge"
     version = "1"
     defaults = {"method": "ties", "density": 0.5, "weights": []}
+
+    def check_params(self) -> None:
+        # The merge comes after every branch has trained: a bad method must fail before that.
+        weights = self.params["weights"] or None
+        check_merge_settings(self.params["method"], weights, self.params["density"], "params")
 
     def schedule(self, ctx: StrategyContext) -> Iterator[ScheduleItem]:
         tasks = list(ctx.task_names)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -213,15 +214,17 @@ def run(
 def tasks(track: str | None) -> None:
     """List the tasks that exist (name, domain, reward, eval size, source)."""
     from ctbench.tracks.taskspec import available_task_files, parse_task_spec
-    from ctbench.tracks.track import find_track_spec
+    from ctbench.tracks.track import find_track_spec, track_task_specs
 
-    names = list(find_track_spec(track).task_names) if track else list(available_task_files())
-    files = available_task_files()
+    if track:
+        specs = list(track_task_specs(find_track_spec(track)).values())
+    else:
+        specs = [parse_task_spec(path) for path in available_task_files().values()]
     table = Table(title="tasks")
     for column in ("name", "domain", "reward", "eval size", "source", "description"):
         table.add_column(column)
-    for name in names:
-        spec = parse_task_spec(files[name])
+    for spec in specs:
+        name = spec.name
         source = spec.source.generator or spec.source.dataset or spec.source.path or ""
         table.add_row(
             name,
@@ -641,10 +644,14 @@ def leaderboard_build(
     runs: tuple[Path, ...], track: str, budget: int | None, out: Path, samples: int
 ) -> None:
     """Validate every result.json under RUNS, aggregate seeds, rank by ACC, write JSON."""
-    from ctbench.results.leaderboard import build_leaderboard, find_results, write_leaderboard
+    from ctbench.results.leaderboard import build_leaderboard, write_leaderboard
+    from ctbench.results.submission import leaderboard_run_dirs
     from ctbench.tracks.track import load_track
 
-    board = build_leaderboard(load_track(track), find_results(runs), budget=budget, samples=samples)
+    the_track = load_track(track)
+    budget = budget if budget is not None else the_track.spec.budget_steps
+    run_dirs = leaderboard_run_dirs(runs, the_track, budget)
+    board = build_leaderboard(the_track, run_dirs, budget=budget, samples=samples)
     path = write_leaderboard(board, out)
     table = Table(title=f"leaderboard {track} (budget {board['track']['budget_steps']} steps)")
     for column in ("rank", "strategy", "ACC [95% CI]", "seeds", "BWT", "forgetting"):
@@ -732,7 +739,8 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: a message naming R[0][qa] or a list must not be read as rich markup
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except click.exceptions.Abort:
         console.print("aborted")

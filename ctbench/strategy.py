@@ -75,6 +75,33 @@ class Stage:
         }
 
 
+# The mergekit methods ctbench has tested on its checkpoints.
+MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear")
+
+
+def check_merge_settings(method: Any, weights: Any, density: Any, where: str = "merge") -> None:
+    """Reject a merge ctbench would refuse later, *before* anything trains: a strategy whose
+    parameters configure a merge calls this from ``check_params``."""
+    if method not in MERGE_METHODS:
+        raise UserError(
+            f"unknown merge method {method!r}; expected one of {', '.join(MERGE_METHODS)}",
+            where=f"{where}.method",
+        )
+    if weights is not None and not all(
+        isinstance(w, int | float) and not isinstance(w, bool) for w in weights
+    ):
+        try:
+            [float(w) for w in weights]
+        except (TypeError, ValueError):
+            raise UserError(
+                f"expected numbers, got {list(weights)!r}", where=f"{where}.weights"
+            ) from None
+    if density is not None and (
+        isinstance(density, bool) or not isinstance(density, int | float) or not 0 < density <= 1
+    ):
+        raise UserError(f"expected a density in (0, 1], got {density!r}", where=f"{where}.density")
+
+
 @dataclass(frozen=True)
 class Merge:
     """Merge earlier branches (by name) with mergekit; the result becomes the main line.
@@ -91,6 +118,9 @@ class Merge:
     density: float | None = None
     name: str = "merge"
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_merge_settings(self.method, self.weights, self.density, where=f"merge {self.name}")
 
     @property
     def steps(self) -> int:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from killpoints import killed_at, run_files
 
 from ctbench.errors import UserError
 from ctbench.runs.config import RunConfig
@@ -55,6 +56,7 @@ def first_run(tmp_path_factory) -> dict:
     return run.execute() | {"_dir": str(run.dir)}
 
 
+@pytest.mark.slow
 def test_result_has_the_promised_fields(first_run):
     result = first_run
     assert result["schema_version"] == 1
@@ -81,6 +83,7 @@ def test_result_has_the_promised_fields(first_run):
     assert not (run_dir / "checkpoints").exists()  # intermediate state is cleaned up
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_numbers(first_run, tmp_path):
     again = Run.create(
         RunConfig(strategy="random", seed=3, budget=BUDGET), tmp_path, SilentObserver()
@@ -90,6 +93,7 @@ def test_same_seed_gives_identical_numbers(first_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_uninterrupted_run(first_run, tmp_path):
     run = Run.create(
         RunConfig(strategy="random", seed=3, budget=BUDGET), tmp_path, InterruptAt(stage=3, step=1)
@@ -103,6 +107,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(first_run, tmp_path
     assert deterministic_part(resumed) == expected
 
 
+@pytest.mark.slow
 def test_joint_has_undefined_bwt_with_reason(tmp_path):
     result = Run.create(
         RunConfig(strategy="joint", seed=0, budget=2), tmp_path, SilentObserver()
@@ -200,6 +205,7 @@ def test_cli_lists_tasks_and_strategies(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_cli_resume_gives_the_same_result(first_run, tmp_path):
     """A real process killed at an arbitrary point (SIGKILL: no clean-up runs) resumes."""
     import signal
@@ -245,15 +251,55 @@ def test_sigkill_mid_run_then_cli_resume_gives_the_same_result(first_run, tmp_pa
     assert deterministic_part(result) == expected
 
 
+@pytest.mark.slow
 def test_report_writes_the_runs_figures(first_run, tmp_path):
     """A sequential run has R, forgetting and entropy figures; they are real PNGs."""
     run_dir = Path(first_run["_dir"])
     proc = cli("report", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     written = sorted(Path(line).name for line in proc.stdout.split())
-    assert written == ["entropy.png", "forgetting.png", "r_heatmap.png"]
+    assert written == ["entropy.png", "forgetting.png", "items.png", "r_heatmap.png"]
     for name in written:
         data = (run_dir / "plots" / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5_000
     bad = cli("report", str(tmp_path), cwd=tmp_path)
     assert bad.returncode == 2 and "not a finished run folder" in bad.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_commit_point_then_resume_gives_the_same_run(first_run, tmp_path):
+    """Killed mid-evaluation, between two samples files, between a checkpoint's rename and
+    the state write, and between result.json and the checkpoint removal — each time resumed
+    with the next kill — the run ends with the uninterrupted numbers, samples and files."""
+    out = tmp_path / "out"
+    killed_at(
+        "evaluation",
+        7,  # 4 base-row evaluations, then the 3rd task after stage 1
+        ["run", "--strategy", "random", "--seed", "3", "--budget", str(BUDGET), "--out", str(out)],
+        tmp_path,
+    )
+    (run_dir,) = out.iterdir()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert len(state["rows"]) == 1 and not state["items"]
+    resume = ["run", "--resume", str(run_dir)]
+
+    killed_at("samples", 3, resume, tmp_path)  # stage 1 retrained; 2 of its 4 files written
+    assert len(list((run_dir / "samples").glob("stage-01-*.jsonl"))) == 2
+    assert not json.loads((run_dir / "state.json").read_text())["items"]
+
+    killed_at("checkpoint-state", 1, resume, tmp_path)
+    state = json.loads((run_dir / "state.json").read_text())
+    named = {state["main"], *state["kept"].values()}
+    orphans = [p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.startswith(".")]
+    assert not state["items"] and orphans  # renamed into place, but the state does not name it
+    assert all(f"checkpoints/{name}" not in named for name in orphans)
+
+    killed_at("result-cleanup", 1, resume, tmp_path)
+    assert (run_dir / "result.json").exists() and (run_dir / "checkpoints").exists()
+
+    resumed = cli("run", "--resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((run_dir / "result.json").read_text())
+    expected = deterministic_part({k: v for k, v in first_run.items() if k != "_dir"})
+    assert deterministic_part(result) == expected
+    assert run_files(run_dir) == run_files(Path(first_run["_dir"]))

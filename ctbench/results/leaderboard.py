@@ -21,7 +21,10 @@ from ctbench.errors import UserError
 from ctbench.results.aggregate import bootstrap_acc
 from ctbench.results.compare import final_items
 from ctbench.results.plots import plot_data
-from ctbench.runs.result import result_content_hash
+from ctbench.runs.item_forgetting import item_forgetting
+from ctbench.runs.metrics import all_metrics, mean_and_stderr, metrics_to_json
+from ctbench.runs.result import main_line_schedule, result_content_hash
+from ctbench.runs.samples import item_score_rows, read_item_scores, samples_path
 from ctbench.tracks.track import Track
 from ctbench.training.compute import total_wall_s
 
@@ -85,6 +88,13 @@ def validate_result(result: dict[str, Any], track: Track, budget: int, where: st
             f"{track.content_hash()} (another track, or its tasks changed)",
             where=where,
         )
+    weights = result.get("base", {}).get("weights_sha256")
+    if track.spec.model.source is not None and not isinstance(weights, str):
+        raise UserError(
+            "schema violation: base.weights_sha256 is missing (a model-source track's result "
+            "must say which weights it started from)",
+            where=where,
+        )
     spent = sum(int(phase.get("optimizer_steps", 0)) for phase in result["compute"].values())
     if spent != result["budget"]["spent_steps"]:
         raise UserError(
@@ -98,6 +108,49 @@ def validate_result(result: dict[str, Any], track: Track, budget: int, where: st
             f"(spent {spent}); this leaderboard compares at exactly {budget}",
             where=where,
         )
+
+
+def check_scores(run_dir: Path, result: dict[str, Any], where: str) -> None:
+    """Recompute R from the per-item scores in ``samples/`` and the metrics from R; refuse
+    any mismatch. The content hash only proves the result is as *some* run wrote it: an
+    edited number with a recomputed hash, or edited samples, must not count."""
+    tasks, matrix = result["tasks"], result["matrix"]
+    for row, index in enumerate(matrix["item_index"]):
+        for column, task in enumerate(tasks):
+            path = samples_path(run_dir, index, task)
+            recomputed, _ = mean_and_stderr(read_item_scores(path))
+            recorded = matrix["R"][row][column]
+            if not isinstance(recorded, int | float) or abs(recomputed - recorded) > 1e-9:
+                raise UserError(
+                    f"R[{row}][{task}] is {recorded!r} but its samples ({path.name}) average "
+                    f"{recomputed!r}",
+                    where=where,
+                )
+    if "item_forgetting" in result:
+        recorded = result.pop("item_forgetting")
+        try:
+            if run_item_forgetting(run_dir, result) != recorded:
+                raise UserError(
+                    "item_forgetting does not follow from the per-item scores in samples/",
+                    where=where,
+                )
+        finally:
+            result["item_forgetting"] = recorded
+    schedule = main_line_schedule(result)
+    if not schedule:
+        return
+    recomputed_metrics = metrics_to_json(all_metrics(matrix["R"], schedule))
+    for key, value in recomputed_metrics.items():
+        recorded = result["metrics"].get(key)
+        same = (
+            recorded == value
+            if not isinstance(value, float) or not isinstance(recorded, int | float)
+            else abs(recorded - value) <= 1e-9
+        )
+        if not same:
+            raise UserError(
+                f"metrics.{key} is {recorded!r} but R gives {value!r}", where=where
+            )
 
 
 def find_results(paths: Iterable[Path]) -> list[Path]:
@@ -127,6 +180,10 @@ def build_leaderboard(
     budget = budget if budget is not None else track.spec.budget_steps
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     seen: dict[tuple[str, int], Path] = {}
+    # The base weights every result started from, where results record them (model-source
+    # tracks): one leaderboard compares strategies from the same weights, so the first
+    # result's hash is the one every other must match.
+    base_weights: tuple[str, str] | None = None
     for run_dir in run_dirs:
         where = str(run_dir / "result.json")
         try:
@@ -134,6 +191,17 @@ def build_leaderboard(
         except ValueError as exc:
             raise UserError(f"not valid JSON: {exc}", where=where) from exc
         validate_result(result, track, budget, where)
+        check_scores(run_dir, result, where)
+        weights = result.get("base", {}).get("weights_sha256")
+        if weights is not None:
+            if base_weights is None:
+                base_weights = (weights, where)
+            elif weights != base_weights[0]:
+                raise UserError(
+                    f"base weights_sha256 {weights[:16]}… differs from {base_weights[0][:16]}… "
+                    f"of {base_weights[1]} (another model file or conversion)",
+                    where=where,
+                )
         key = _entry_key(result)
         if (key, result["seed"]) in seen:
             raise UserError(
@@ -155,6 +223,7 @@ def build_leaderboard(
             "hash": track.content_hash(),
             "tasks": list(track.tasks),
             "budget_steps": budget,
+            **({"weights_sha256": base_weights[0]} if base_weights else {}),
         },
         "ranked_by": "acc (mean over seeds; 95% bootstrap CI over seeds and eval items)",
         "ctbench_version": __version__,
@@ -175,6 +244,16 @@ def machine_of(result: dict[str, Any]) -> str:
         f"{env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, "
         f"{env.get('torch_threads', '?')} torch threads, device {device}"
     )
+
+
+def run_item_forgetting(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """A result's sample-level forgetting: as recorded, or recomputed from its samples."""
+    if "item_forgetting" in result:
+        return result["item_forgetting"]
+    tasks = result["tasks"]
+    rows = item_score_rows(run_dir, tasks, result["matrix"]["item_index"])
+    chances = {t: result["task_info"][t]["chance"] for t in tasks}
+    return item_forgetting(rows, chances)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -200,6 +279,11 @@ def _entry(runs: list[tuple[Path, dict[str, Any]]], samples: int) -> dict[str, A
             "bwt": _mean([r["metrics"].get("bwt") for r in results]),
             "forgetting": _mean([r["metrics"].get("forgetting") for r in results]),
             "merge_loss": _mean([r["metrics"].get("merge_loss") for r in results]),
+            # Share of ever-solved items the final model does not solve (sample-level
+            # forgetting; from samples/ for results written before it was recorded).
+            "items_forgotten": _mean(
+                [run_item_forgetting(d, r)["final_forgotten_since_best_rate"] for d, r in runs]
+            ),
             "final_per_task": {
                 t: _mean([r["matrix"]["R"][-1][j] for r in results]) for j, t in enumerate(tasks)
             },
@@ -211,6 +295,15 @@ def _entry(runs: list[tuple[Path, dict[str, Any]]], samples: int) -> dict[str, A
             }
             for phase in ("probe", "train", "eval", "merge")
         },
+        # The code sandbox's fence, where the runs recorded one (see scoring/sandbox.py).
+        "sandbox": sorted(
+            {
+                info["sandbox"]
+                for r in results
+                for info in r["task_info"].values()
+                if "sandbox" in info
+            }
+        ),
         "results": [
             {"run_id": r["run_id"], "seed": r["seed"], "result_hash": r["result_hash"]}
             for r in results

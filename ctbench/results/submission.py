@@ -23,7 +23,12 @@ from typing import Any
 from ctbench.common.atomic import write_json_atomic
 from ctbench.errors import UserError
 from ctbench.results.compare import run_grid
-from ctbench.results.leaderboard import build_leaderboard, validate_result
+from ctbench.results.leaderboard import (
+    build_leaderboard,
+    check_scores,
+    find_results,
+    validate_result,
+)
 from ctbench.runs.run import RunObserver
 from ctbench.strategies.plugins import files_hash, resolve_strategy
 from ctbench.tracks.track import Track, load_track
@@ -95,6 +100,31 @@ def create_bundle(
     return bundle
 
 
+def is_bundle(path: Path) -> bool:
+    return (path / "manifest.json").is_file()
+
+
+def leaderboard_run_dirs(paths: Sequence[Path], track: Track, budget: int) -> list[Path]:
+    """Every run folder a ``leaderboard build`` gets: plain run folders (and folders of
+    them) as they are, submission bundles only after :func:`validate_bundle` accepts them.
+    A bundle is never silently skipped: it is counted or refused with the reason."""
+    found: list[Path] = []
+    plain = []
+    for path in paths:
+        bundles = [path] if is_bundle(path) else []
+        if not bundles and path.is_dir():  # a folder of bundles, e.g. submissions/
+            bundles = sorted(child for child in path.iterdir() if is_bundle(child))
+        for bundle in bundles:
+            found.extend(validate_bundle(bundle, track, budget))
+        if not bundles:
+            plain.append(path)
+    if plain:
+        found.extend(find_results(plain))
+    if not found:
+        raise UserError("no finished runs (result.json) found", where="RUNS")
+    return found
+
+
 def validate_bundle(bundle: Path, track: Track, budget: int) -> list[Path]:
     """The bundle's run folders, after every check; a :class:`UserError` says what failed."""
     where = str(bundle / "manifest.json")
@@ -129,6 +159,7 @@ def validate_bundle(bundle: Path, track: Track, budget: int) -> list[Path]:
             raise UserError(f"seed {run['seed']}: result.json is missing", where=where)
         result = json.loads(result_file.read_text())
         validate_result(result, track, budget, str(result_file))
+        check_scores(run_dir, result, str(result_file))
         if result["result_hash"] != run["result_hash"] or result["seed"] != run["seed"]:
             raise UserError(
                 f"seed {run['seed']}: result does not match the manifest", where=str(result_file)

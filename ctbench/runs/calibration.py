@@ -12,14 +12,14 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from ctbench.training.tiny_base import load_base, normalised
-from ctbench.training.compute import ComputeMeter
-from ctbench.training.engine import Engine
+from ctbench.runs.config import derived_seed
 from ctbench.runs.evaluate import Evaluator
 from ctbench.scoring.rewards import build_reward, chance_level
-from ctbench.training.rollout import HFRollout
-from ctbench.runs.config import derived_seed
 from ctbench.tracks.track import Track
+from ctbench.training.compute import ComputeMeter
+from ctbench.training.engine import Engine
+from ctbench.training.rollout import HFRollout
+from ctbench.training.tiny_base import load_base, normalised
 
 BAND_LOW, BAND_HIGH, MIN_GAIN = 0.20, 0.60, 0.10
 

@@ -13,16 +13,20 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from ctbench.runs.item_forgetting import item_forgetting
 from ctbench.runs.metrics import all_metrics, merge_loss, metrics_to_json
 from ctbench.runs.provenance import config_hash, environment
-from ctbench.scoring.rewards import chance_level
+from ctbench.runs.samples import item_score_rows
+from ctbench.scoring.rewards import chance_level, reward_info
 
 if TYPE_CHECKING:
-    from ctbench.training.compute import ComputeMeter
-    from ctbench.strategies.plugins import ResolvedStrategy
+    from pathlib import Path
+
     from ctbench.runs.config import RunConfig
+    from ctbench.strategies.plugins import ResolvedStrategy
     from ctbench.strategy import Strategy
     from ctbench.tracks.track import Track
+    from ctbench.training.compute import ComputeMeter
 
 SCHEMA_VERSION = 1
 
@@ -82,7 +86,10 @@ def build_result(
     base_report: dict[str, Any],
     device: str,
     engine_config: dict[str, Any],
+    samples_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """The result.json of a finished run; ``samples_dir`` (the run folder holding
+    ``samples/``) adds sample-level forgetting, computed from the per-item scores."""
     names = list(track.tasks)
     rows = state["rows"]
     items = [entry["item"] for entry in state["items"]]
@@ -104,6 +111,7 @@ def build_result(
             "stderr": _cells(rows[i + 1], names, "stderr"),
             "n": _cells(rows[i + 1], names, "n"),
             "token_entropy": _cells(rows[i + 1], names, "token_entropy"),
+            **_format_failures(rows, [i + 1], names, one_row=True),
         }
         for i, item in enumerate(items)
         if not is_main_line(item)
@@ -123,6 +131,10 @@ def build_result(
     }
     stage_steps = [item["steps"] for item in items if item["kind"] == "stage"]
     probe_steps = sum(item["steps"] for item in items if item["kind"] == "stage" and item["probe"])
+    item_block = {}
+    if samples_dir is not None:
+        item_rows = item_score_rows(samples_dir, names, main_rows)
+        item_block["item_forgetting"] = item_forgetting(item_rows, chances)
     result = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -150,6 +162,7 @@ def build_result(
                 "chance": chances[n],
                 "eval_size": len(t.eval),
                 "reward_kind": t.spec.reward.kind,
+                **reward_info(t),
                 "version": t.spec.version,
                 "hash": t.content_hash(),
             }
@@ -171,6 +184,7 @@ def build_result(
                 [(rows[i][n]["score"] - chances[n]) / (1 - chances[n]) for n in names]
                 for i in main_rows
             ],
+            **_format_failures(rows, main_rows, names),
         },
         "branches": branches,
         "metrics": metrics,
@@ -179,9 +193,12 @@ def build_result(
             "sequence": [_cells(rows[i], names, "sequence_entropy") for i in main_rows],
             "distinct_ratio": [_cells(rows[i], names, "distinct_ratio") for i in main_rows],
         },
+        **item_block,
         "compute": meter.to_json(),
         "base": {
-            k: base_report.get(k) for k in ("steps", "final_dev", "source") if k in base_report
+            k: base_report.get(k)
+            for k in ("steps", "final_dev", "source", "weights_sha256")
+            if k in base_report
         },
         "env": environment(device),
         "timestamps": {
@@ -191,6 +208,23 @@ def build_result(
     }
     result["result_hash"] = result_content_hash(result)
     return result
+
+
+def _format_failures(
+    rows: list[dict[str, dict[str, Any]]],
+    indices: list[int],
+    names: list[str],
+    *,
+    one_row: bool = False,
+) -> dict[str, Any]:
+    """``format_failures``: per row and task, how many evaluated completions had no answer
+    the task's extraction rule could find (null for tasks that declare no rule). Present only
+    when some task declares one, so results of tracks without extraction keep their exact
+    shape."""
+    if not any("format_failures" in rows[i][n] for i in indices for n in names):
+        return {}
+    table = [[rows[i][n].get("format_failures") for n in names] for i in indices]
+    return {"format_failures": table[0] if one_row else table}
 
 
 def _merge_metrics(

@@ -16,13 +16,14 @@ checkpoint that is ahead of the state.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 import os
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,17 +32,12 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from ctbench.common.atomic import write_json_atomic, write_jsonl_atomic
-from ctbench.training.tiny_base import ensure_base_checkpoint, load_base
-from ctbench.training.compute import ComputeMeter
-from ctbench.training.engine import Engine, StepLog
 from ctbench.errors import UserError
 from ctbench.runs.config import RunConfig, derived_seed, resolve_device
 from ctbench.runs.evaluate import Evaluator, TaskEvaluation
-from ctbench.training.merging import merge_checkpoints
-from ctbench.strategies.plugins import resolve_strategy
 from ctbench.runs.result import SCHEMA_VERSION, build_result
 from ctbench.scoring.rewards import build_reward, chance_level
-from ctbench.training.rollout import HFRollout
+from ctbench.strategies.plugins import resolve_strategy
 from ctbench.strategy import (
     BASE,
     CURRENT,
@@ -53,7 +49,12 @@ from ctbench.strategy import (
     StrategyContext,
     StrategyFailed,
 )
-from ctbench.tracks.track import Track, load_track
+from ctbench.tracks.track import Track, is_track_path, load_track
+from ctbench.training.compute import ComputeMeter
+from ctbench.training.engine import Engine, StepLog
+from ctbench.training.merging import merge_checkpoints
+from ctbench.training.rollout import HFRollout
+from ctbench.training.tiny_base import check_base_buildable, ensure_base_checkpoint, load_base
 
 __all__ = ["SCHEMA_VERSION", "Run", "RunObserver", "SilentObserver"]
 
@@ -85,11 +86,16 @@ def _ensure_writable(out: Path) -> None:
         raise UserError(f"cannot write there: {exc.strerror}", where=f"--out {out}") from exc
 
 
-def new_run_id(config: RunConfig, strategy_name: str) -> str:
+def new_run_id(track_name: str, strategy_name: str, seed: int) -> str:
+    """``<track>-<strategy>-s<seed>-<time>-<random>``: the track's *name*, never the path it
+    was given by, so a run folder always lands under ``--out``."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     suffix = os.urandom(2).hex()
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in strategy_name)
-    return f"{config.track}-{safe}-s{config.seed}-{stamp}-{suffix}"
+
+    def safe(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+
+    return f"{safe(track_name)}-{safe(strategy_name)}-s{seed}-{stamp}-{suffix}"
 
 
 class Run:
@@ -119,9 +125,16 @@ class Run:
         resolve_device(config.device)
         resolved = resolve_strategy(config.strategy)
         resolved.instantiate(config.params)
-        load_track(config.track)
+        track = load_track(config.track)
+        if is_track_path(config.track):
+            # Recorded absolute, so `--resume` works from any directory.
+            config = dataclasses.replace(config, track=str(Path(config.track).resolve()))
+        for task in track.tasks.values():  # reward settings and item fields, checked now
+            build_reward(task)
+            chance_level(task)
+        check_base_buildable(track)
         _ensure_writable(out)
-        run_dir = out / (run_id or new_run_id(config, resolved.name))
+        run_dir = out / (run_id or new_run_id(track.spec.name, resolved.name, config.seed))
         if run_id is not None and run_dir.exists():
             return cls.resume(run_dir, observer)
         staging = Path(tempfile.mkdtemp(prefix=".run-", dir=out))
@@ -143,13 +156,32 @@ class Run:
     # ------------------------------------------------------------------------- running
     def execute(self) -> dict[str, Any]:
         if (self.dir / "result.json").exists():
+            # Killed between writing result.json and removing checkpoints/: finish that.
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
             self.observer.note(f"{self.dir} is already complete")
             return json.loads((self.dir / "result.json").read_text())
         try:
             return self._execute()
-        except StrategyFailed:
-            self._abandon_if_nothing_trained()
-            raise
+        except StrategyFailed as exc:
+            done = self._abandon_if_nothing_trained()
+            if not done:
+                raise
+            # Something only the running strategy could reveal: keep the finished items,
+            # mark the folder failed (a leaderboard never mistakes it for a result), and say
+            # how to go on once the cause is fixed.
+            write_json_atomic(
+                self.dir / "failed.json",
+                {
+                    "error": str(exc),
+                    "items_done": done,
+                    "time": dt.datetime.now(dt.UTC).isoformat(),
+                },
+            )
+            raise type(exc)(  # the same kind (BudgetExceeded stays BudgetExceeded)
+                f"{exc.message} — the run folder keeps its {done} finished item(s) and is "
+                f"marked failed; fix the cause, then `ctbench run --resume {self.dir}`",
+                where=exc.where,
+            ) from exc
 
     def _execute(self) -> dict[str, Any]:
         # Branches and merges load and save checkpoints often; their per-file bars are noise.
@@ -159,6 +191,7 @@ class Run:
         self.base_path = ensure_base_checkpoint(self.track)
         self.device = resolve_device(self.config.device)
         state = self._load_state()
+        (self.dir / "failed.json").unlink(missing_ok=True)  # a resume is the retry
         if state is None:
             state = {
                 "started": started,
@@ -188,6 +221,7 @@ class Run:
             meter,
             entropy_prompts=spec.eval.entropy_prompts,
             entropy_samples=spec.eval.entropy_samples,
+            prompt_text=engine.prompts.text,
         )
         seed = self.config.seed
         if not state["rows"]:
@@ -206,6 +240,14 @@ class Run:
         main = model
         for index, item in enumerate(self._schedule(ctx), start=1):
             self._check_item(item, ctx, state, index)
+            self._check_report(ctx.report)  # what the strategy reported before this yield
+            if isinstance(item, Stage):
+                try:  # hyper-parameters checked by name and type before the stage trains
+                    engine.stage_config(item.objective, item.hparams)
+                except UserError as exc:
+                    raise StrategyFailed(
+                        f"stage {item.name or index}: {exc}", where=self._where()
+                    ) from exc
             if index <= len(state["items"]):
                 recorded = state["items"][index - 1]["item"]
                 if recorded != item.to_json():
@@ -247,6 +289,7 @@ class Run:
             ctx.names.append(item.name)
             ctx.evaluations.append(_scores(state["rows"][index]))
             ctx.entropies.append(_entropies(state["rows"][index]))
+        self._check_report(ctx.report)
         result = build_result(
             run_id=self.dir.name,
             config=self.config,
@@ -260,10 +303,24 @@ class Run:
             base_report=base_report,
             device=self.device,
             engine_config=engine.config_json(),
+            samples_dir=self.dir,
         )
         write_json_atomic(self.dir / "result.json", result)
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         return result
+
+    def _check_report(self, report: dict[str, Any]) -> None:
+        """``ctx.report`` goes into result.json: refuse what JSON cannot hold now, not after
+        the last stage."""
+        for key, value in report.items():
+            try:
+                json.dumps(value, allow_nan=True)
+            except (TypeError, ValueError) as exc:
+                raise StrategyFailed(
+                    f"ctx.report[{key!r}] cannot be written as JSON ({exc}); report plain "
+                    "numbers, strings, lists and dicts",
+                    where=self._where(),
+                ) from exc
 
     def _where(self) -> str:
         return f"strategy {self.resolved.name} ({self.resolved.origin})"
@@ -293,11 +350,14 @@ class Run:
                 ) from exc
             yield item
 
-    def _abandon_if_nothing_trained(self) -> None:
-        """A strategy that fails before its first item leaves no folder behind."""
+    def _abandon_if_nothing_trained(self) -> int:
+        """A strategy that fails before its first item leaves no folder behind; returns how
+        many items the folder keeps (0: it was removed)."""
         state = self._load_state_quietly()
         if state is None or not state["items"]:
             shutil.rmtree(self.dir, ignore_errors=True)
+            return 0
+        return len(state["items"])
 
     # --------------------------------------------------------------------- checking
     def _check_item(
@@ -343,7 +403,7 @@ class Run:
                 raise BudgetExceeded(
                     f"stage {item.name or '?'} asks for {item.steps} steps but only "
                     f"{ctx.remaining} of the budget of {ctx.budget} remain",
-                    where=f"strategy {self.resolved.name}",
+                    where=self._where(),
                 )
         needs_name = isinstance(item, Merge) or not item.main_line
         if needs_name and (not item.name or item.name in taken or item.name in (BASE, CURRENT)):
@@ -386,7 +446,22 @@ class Run:
     def _load_state_quietly(self) -> dict[str, Any] | None:
         if not self.state_path.exists():
             return None
-        return json.loads(self.state_path.read_text())
+        try:
+            state = json.loads(self.state_path.read_text())
+        except ValueError as exc:
+            # Writes are atomic, so this is damage from outside ctbench (a copy cut short).
+            raise UserError(
+                f"state.json is not valid JSON ({exc}); restore it or start the run afresh",
+                where=str(self.state_path),
+            ) from exc
+        expected = {"rows", "items", "main", "kept", "meter"}
+        if not isinstance(state, dict) or not expected <= set(state):
+            raise UserError(
+                f"state.json lacks {', '.join(sorted(expected - set(state or {})))}; "
+                "restore it or start the run afresh",
+                where=str(self.state_path),
+            )
+        return state
 
     def _load_state(self) -> dict[str, Any] | None:
         state = self._load_state_quietly()
@@ -398,6 +473,8 @@ class Run:
                 raise UserError(
                     f"state.json names checkpoint {path} but it is missing", where=str(self.dir)
                 )
+        for staging in self.dir.glob(".merge-*"):  # a merge killed before it was loaded
+            shutil.rmtree(staging, ignore_errors=True)
         if self.checkpoints.exists():  # orphans of a crash between checkpoint and state
             for folder in self.checkpoints.iterdir():
                 if f"checkpoints/{folder.name}" not in referenced:

@@ -51,7 +51,11 @@ class ResolvedStrategy:
         """The strategy with recipe params, then command-line overrides, applied."""
         try:
             return self.cls(**{**self.params, **(overrides or {})})
-        except UserError:
+        except UserError as exc:
+            if self.origin and self.origin not in str(exc):
+                # Name the recipe or plugin file, so the user knows which file to open.
+                where = f"{self.origin}: {exc.where}" if exc.where else self.origin
+                raise UserError(exc.message, where=where) from exc
             raise
         except Exception as exc:  # a plugin's __init__ may fail in any way
             raise UserError(

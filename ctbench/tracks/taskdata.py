@@ -90,6 +90,27 @@ def _items(spec: TaskSpec, records: list[dict[str, Any]], split: str) -> tuple[I
     return tuple(items)
 
 
+def _check_jsonl(path: Path, where: str) -> None:
+    """Name the first line that is not a JSON object; ``datasets`` would raise a traceback
+    about its own internals instead."""
+    import json
+
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise UserError(
+                    f"line {number} of {str(path)!r} is not JSON ({exc.msg})", where=where
+                ) from exc
+            if not isinstance(row, dict):
+                raise UserError(
+                    f"line {number} of {str(path)!r} is not a JSON object", where=where
+                )
+
+
 def _records_from_dataset(spec: TaskSpec) -> tuple[list[dict], list[dict]]:
     import datasets  # imported here: it is slow to import and the tiny track never needs it
 
@@ -108,8 +129,13 @@ def _records_from_dataset(spec: TaskSpec) -> tuple[list[dict], list[dict]]:
             raise UserError(
                 f"expected a .jsonl, .json, .parquet or .csv file, got {path.name}", where=where
             )
+        if path.suffix == ".jsonl":
+            _check_jsonl(path, where)
         # One file holds both splits, told apart by a `split` column, or it is split by size.
-        table = datasets.load_dataset(builder, data_files=str(path), split="train")
+        try:
+            table = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as exc:  # datasets raises many types for one meaning: unreadable
+            raise UserError(f"cannot read {str(path)!r}: {exc}", where=where) from exc
         rows = [dict(r) for r in table]
         if rows and "split" in rows[0]:
             train = [r for r in rows if r["split"] == source.train_split]

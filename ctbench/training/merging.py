@@ -17,15 +17,10 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from ctbench.errors import UserError
+from ctbench.strategy import MERGE_METHODS
 
 # Methods ctbench has tested on its checkpoints; each maps to whether it needs the base.
-METHODS: dict[str, bool] = {
-    "linear": False,
-    "task_arithmetic": True,
-    "ties": True,
-    "dare_ties": True,
-    "dare_linear": True,
-}
+METHODS: dict[str, bool] = {method: method != "linear" for method in MERGE_METHODS}
 _DENSITY_METHODS = {"ties", "dare_ties", "dare_linear"}
 
 
