@@ -15,16 +15,40 @@ from ctbench.runs.config import RunConfig
 from ctbench.runs.result import result_content_hash
 from ctbench.runs.run import Run, SilentObserver
 
+# Every test here reads runs trained by the module's fixture.
+pytestmark = pytest.mark.slow
+
 BUDGET = 2
+ONE_TASK = """
+from ctbench.strategy import Stage, Strategy
+
+class OneTask(Strategy):
+    'All the budget on one task.'
+
+    name = "{task}-only"
+
+    def schedule(self, ctx):
+        yield Stage(mixture={{"{task}": 1.0}}, steps=ctx.budget, name="{task}")
+"""
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("board")
+    strategies = {"joint": "joint"}
+    for task in ("math", "creative"):
+        (out.parent / f"{task}_only.py").write_text(ONE_TASK.format(task=task))
+        strategies[f"{task}-only"] = f"{out.parent / f'{task}_only.py'}:OneTask"
     made = {}
-    for name, seed, budget in (("joint", 0, BUDGET), ("joint", 1, BUDGET), ("joint", 2, 3)):
+    for name, seed, budget in (
+        ("joint", 0, BUDGET),
+        ("joint", 1, BUDGET),
+        ("joint", 2, 3),
+        ("math-only", 0, BUDGET),
+        ("creative-only", 0, BUDGET),
+    ):
         run = Run.create(
-            RunConfig(strategy=name, seed=seed, budget=budget),
+            RunConfig(strategy=strategies[name], seed=seed, budget=budget),
             out,
             SilentObserver(),
             run_id=f"{name}-s{seed}-b{budget}",
@@ -32,6 +56,20 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         run.execute()
         made[f"{name}-s{seed}-b{budget}"] = run.dir
     return made
+
+
+THREE = ("joint-s0-b2", "joint-s1-b2", "math-only-s0-b2", "creative-only-s0-b2")
+
+
+def known_order(runs) -> list[str]:
+    """The three entries by mean ACC over their seeds, worked out from the result files."""
+    accs: dict[str, list[float]] = {}
+    for key in THREE:
+        result = json.loads((runs[key] / "result.json").read_text())
+        accs.setdefault(result["strategy"]["name"], []).append(result["metrics"]["acc"])
+    means = {name: sum(v) / len(v) for name, v in accs.items()}
+    assert len(set(means.values())) == 3  # distinct, so the order is known
+    return sorted(means, key=lambda name: -means[name])
 
 
 def copy_run(source: Path, target: Path, edit=None, rehash: bool = False) -> Path:
@@ -108,9 +146,18 @@ def test_over_budget_compute_is_refused(runs, tiny_track, tmp_path):
     _refused(tiny_track, [sneaky], "compute does not add up: 3 optimizer steps booked")
 
 
+def test_three_entries_rank_by_mean_acc(runs, tiny_track):
+    board = build_leaderboard(tiny_track, [runs[k] for k in THREE], budget=BUDGET, samples=50)
+    order = known_order(runs)
+    assert [e["strategy"] for e in board["entries"]] == order
+    assert [e["rank"] for e in board["entries"]] == [1, 2, 3]
+    seeds = [e["n_seeds"] for e in board["entries"]]
+    assert seeds == [2 if name == "joint" else 1 for name in order]
+
+
 def test_find_results_reads_folders_of_runs(runs, tmp_path):
     parent = next(iter(runs.values())).parent
-    assert len(find_results([parent])) == 3
+    assert len(find_results([parent])) == len(runs)
     with pytest.raises(UserError, match="no finished runs"):
         find_results([tmp_path])
 
@@ -120,11 +167,12 @@ def test_render_markdown_and_html_show_every_entry(runs, tiny_track, tmp_path):
 
     from ctbench.results.leaderboard_page import render_html, render_markdown
 
-    board = build_leaderboard(
-        tiny_track, [runs["joint-s0-b2"], runs["joint-s1-b2"]], budget=BUDGET, samples=50
-    )
+    board = build_leaderboard(tiny_track, [runs[k] for k in THREE], budget=BUDGET, samples=50)
+    order = known_order(runs)
     markdown = render_markdown(board)
-    assert "| 1 | `joint` v1 |" in markdown and board["track"]["hash"] in markdown
+    for rank, name in enumerate(order, start=1):
+        assert f"| {rank} | `{name}` v" in markdown
+    assert board["track"]["hash"] in markdown
 
     class Collect(HTMLParser):
         def __init__(self):
@@ -145,10 +193,11 @@ def test_render_markdown_and_html_show_every_entry(runs, tiny_track, tmp_path):
 
     page = Collect()
     page.feed(render_html(board))
-    assert page.entries == len(board["entries"]) == 1
-    assert page.sections == ["joint"] and page.external == []  # self-contained
-    # One joint stage: the entropy figure (R is the coloured table; forgetting undefined).
-    assert page.figures == ["entropy"]
+    assert page.entries == len(board["entries"]) == 3
+    assert page.sections == order and page.external == []  # self-contained, ranked
+    # One stage each: item transitions and entropy (R is the coloured table; forgetting is
+    # undefined after a single stage).
+    assert page.figures == ["items", "entropy"] * 3
     assert "wall time of all runs together" in markdown and board["machines"]
 
 
@@ -189,9 +238,7 @@ def load_in_chromium(page: Path, profile: Path) -> tuple[str, list[str]]:
 def test_page_loads_in_headless_chromium_without_console_errors(runs, tiny_track, tmp_path):
     from ctbench.results.leaderboard_page import render_html
 
-    board = build_leaderboard(
-        tiny_track, [runs["joint-s0-b2"], runs["joint-s1-b2"]], budget=BUDGET, samples=50
-    )
+    board = build_leaderboard(tiny_track, [runs[k] for k in THREE], budget=BUDGET, samples=50)
     page = tmp_path / "tiny.html"
     # Test-only probe: after load, record each figure's decoded width in the DOM.
     probe = (
@@ -205,8 +252,52 @@ def test_page_loads_in_headless_chromium_without_console_errors(runs, tiny_track
     widths = re.findall(r'data-width="(\d+)"', dom)
     assert len(widths) == dom.count("<img") >= 1 and all(int(w) > 100 for w in widths)
     assert all(f'<section id="{e["strategy"]}">' in dom for e in board["entries"])
+    assert dom.count('class="entry"') == 3
     # The check can fail: the same page with a script error is caught.
     broken = tmp_path / "broken.html"
     broken.write_text(render_html(board).replace("<script>", "<script>undefinedCall();", 1))
     _, console = load_in_chromium(broken, tmp_path / "profile2")
     assert any("undefinedCall" in line for line in console)
+
+
+# Test-only probe: click column headers in turn and record the strategy column after each.
+SORT_PROBE = """<script>
+window.addEventListener('load', () => {
+  const heads = Array.from(document.querySelectorAll('#board th'));
+  const column = name => heads.findIndex(th => th.textContent === name);
+  const record = () => Array.from(document.querySelectorAll('#board tbody tr'))
+    .map(row => row.cells[column('strategy')].dataset.value).join(',');
+  const seen = [record()];
+  for (const name of ['ACC', 'ACC', 'strategy', 'seeds', 'rank']) {
+    heads[column(name)].click();
+    seen.push(record());
+  }
+  document.body.dataset.sorted = seen.join(';');
+});
+</script></body>"""
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+def test_page_columns_sort_in_headless_chromium(runs, tiny_track, tmp_path):
+    from ctbench.results.leaderboard_page import render_html
+
+    board = build_leaderboard(tiny_track, [runs[k] for k in THREE], budget=BUDGET, samples=50)
+    order = known_order(runs)
+    page = tmp_path / "tiny.html"
+    page.write_text(render_html(board).replace("</body>", SORT_PROBE))
+    dom, console = load_in_chromium(page, tmp_path / "profile")
+    assert console == []
+    found = re.search(r'data-sorted="([^"]*)"', dom)
+    assert found is not None, "the sort probe did not run"
+    seen = [step.split(",") for step in found.group(1).split(";")]
+    seeds = {e["strategy"]: e["n_seeds"] for e in board["entries"]}
+    assert seen == [
+        order,  # as built: by rank
+        order[::-1],  # ACC, first click: ascending
+        order,  # ACC again: descending
+        sorted(order),  # strategy: alphabetical
+        sorted(sorted(order), key=lambda name: seeds[name]),  # seeds: numeric, stable
+        order,  # rank: ascending
+    ]

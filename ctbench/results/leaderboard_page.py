@@ -40,8 +40,9 @@ def render_markdown(board: dict[str, Any]) -> str:
         f"{', '.join(track['tasks'])}. Ranked by {board['ranked_by']}. "
         f"Built with ctbench {board['ctbench_version']} on {board['built'][:10]}.",
         "",
-        "| rank | strategy | ACC | 95% CI | seeds | BWT | forgetting | steps | wall s | params |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| rank | strategy | ACC | 95% CI | seeds | BWT | forgetting | steps | wall s | params "
+        "| items forgotten | sandbox |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in board["entries"]:
         acc = e["metrics"]["acc"]
@@ -50,11 +51,23 @@ def render_markdown(board: dict[str, Any]) -> str:
             f"| {e['rank']} | `{e['strategy']}` v{e['version']} | {acc['mean']:.3f} | "
             f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] | {e['n_seeds']} | "
             f"{_fmt(e['metrics']['bwt'])} | {_fmt(e['metrics']['forgetting'])} | "
-            f"{_steps(e):.0f} | {_wall(e):.0f} | {params} |"
+            f"{_steps(e):.0f} | {_wall(e):.0f} | {params} | "
+            f"{_share(e['metrics'].get('items_forgotten'))} | {_sandbox(e)} |"
         )
     lines += ["", _provenance(board, markdown=True), ""]
     lines += ["Result hashes per entry are in the JSON next to this file.", ""]
     return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    """A share as a percentage; n/a for entries built before it was recorded."""
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def _sandbox(entry: dict[str, Any]) -> str:
+    """The code sandbox's fence the entry's runs recorded (older results recorded none)."""
+    levels = entry.get("sandbox")
+    return ", ".join(levels) if levels else "unrecorded"
 
 
 def _provenance(board: dict[str, Any], *, markdown: bool = False) -> str:
@@ -131,7 +144,10 @@ def render_html(board: dict[str, Any]) -> str:
     tasks = list(track["tasks"])
     header = "".join(
         f"<th>{name}</th>"
-        for name in ("rank", "strategy", "ACC", "95% CI", "seeds", "BWT", "forgetting", "steps")
+        for name in (
+            *("rank", "strategy", "ACC", "95% CI", "seeds", "BWT", "forgetting", "steps"),
+            *("items forgotten", "sandbox"),
+        )
     )
     rows, sections = [], []
     for e in board["entries"]:
@@ -145,6 +161,8 @@ def render_html(board: dict[str, Any]) -> str:
             (e["metrics"]["bwt"], _fmt(e["metrics"]["bwt"])),
             (e["metrics"]["forgetting"], _fmt(e["metrics"]["forgetting"])),
             (_steps(e), f"{_steps(e):.0f}"),
+            (e["metrics"].get("items_forgotten"), _share(e["metrics"].get("items_forgotten"))),
+            (_sandbox(e), html.escape(_sandbox(e))),
         ]
         rows.append(
             '<tr class="entry">'

@@ -93,6 +93,14 @@ def plot_data(result: dict[str, Any], bins: int = STEP_BINS) -> dict[str, Any]:
         "token_entropy": result["entropy"]["token"],
         "step_entropy": _step_entropy(result, bins),
     }
+    if "item_forgetting" in result:
+        data["items"] = {
+            task: {
+                "forgotten": [e["forgotten"] for e in entries],
+                "learned": [e["learned"] for e in entries],
+            }
+            for task, entries in result["item_forgetting"]["tasks"].items()
+        }
     if "transfer" in report:
         data["transfer"] = report["transfer"]
     if "predicted_final" in report:
@@ -287,12 +295,38 @@ def prediction_scatter(data: dict[str, Any]) -> Figure | None:
     return fig
 
 
+def item_transitions(data: dict[str, Any]) -> Figure | None:
+    """Items learned (up) and forgotten (down) at each main-line evaluation, per task: the
+    churn that an unchanged accuracy can hide. None for results without the record."""
+    items = data.get("items")
+    if not items:
+        return None
+    tasks = list(items)
+    stages = data["rows"][1:]
+    width = 0.8 / max(len(tasks), 1)
+    fig = Figure(figsize=(5.6, 2.8))
+    ax = fig.subplots()
+    for t, task in enumerate(tasks):
+        xs = [s + (t - (len(tasks) - 1) / 2) * width for s in range(len(stages))]
+        colour = f"C{t}"
+        ax.bar(xs, items[task]["learned"], width, color=colour, label=task)
+        ax.bar(xs, [-v for v in items[task]["forgotten"]], width, color=colour, alpha=0.45)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(stages)), stages, fontsize=7)
+    ax.set_ylabel("items: learned (+) / forgotten (−)", fontsize=8)
+    ax.set_title(f"item transitions since the previous evaluation: {data['title']}", fontsize=9)
+    ax.legend(fontsize=7, ncols=min(len(tasks), 4))
+    fig.tight_layout()
+    return fig
+
+
 def figures(data: dict[str, Any]) -> dict[str, Figure]:
     """Every figure that is defined for this data, by file stem."""
     out: dict[str, Figure | None] = {}
     if "R" in data:
         out["r_heatmap"] = r_heatmap(data)
         out["forgetting"] = forgetting_heatmap(data)
+        out["items"] = item_transitions(data)
         out["entropy"] = entropy_curves(data)
         out["transfer"] = transfer_heatmap(data)
     out["prediction"] = prediction_scatter(data)
