@@ -51,24 +51,29 @@ def test_group_size_detection():
     assert group_size_of(["a", "b", "c"]) == 1
 
 
-def test_greedy_equals_model_generate(model, tokenizer):
-    rollout = HFRollout(tokenizer).generate(model, PROMPTS, max_new_tokens=10, greedy=True)
+def generate_greedily(model, tokenizer, prompts: list[str], new_tokens: int) -> list[str]:
+    """The reference: Hugging Face ``generate``'s greedy completions of the same prompts."""
     encoded = tokenizer(
-        [tokenizer.bos_token + p for p in PROMPTS],
+        [tokenizer.bos_token + p for p in prompts],
         return_tensors="pt",
         padding=True,
         add_special_tokens=False,
     )
     reference = model.generate(
         **encoded,
-        max_new_tokens=10,
+        max_new_tokens=new_tokens,
         do_sample=False,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    expected = tokenizer.batch_decode(
+    return tokenizer.batch_decode(
         reference[:, encoded.input_ids.shape[1] :], skip_special_tokens=True
     )
+
+
+def test_greedy_equals_model_generate(model, tokenizer):
+    rollout = HFRollout(tokenizer).generate(model, PROMPTS, max_new_tokens=10, greedy=True)
+    expected = generate_greedily(model, tokenizer, PROMPTS, 10)
     assert rollout.completions == expected
 
 
@@ -266,22 +271,7 @@ def test_gqa_decode_step_equals_generate_and_sdpa(tokenizer):
         outs["matmul"].sampling_logprobs, outs["sdpa"].sampling_logprobs, atol=1e-5
     )
     greedy = HFRollout(tokenizer).generate(model, PROMPTS, max_new_tokens=10, greedy=True)
-    encoded = tokenizer(
-        [tokenizer.bos_token + p for p in PROMPTS],
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-    )
-    reference = model.generate(
-        **encoded,
-        max_new_tokens=10,
-        do_sample=False,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    expected = tokenizer.batch_decode(
-        reference[:, encoded.input_ids.shape[1] :], skip_special_tokens=True
-    )
+    expected = generate_greedily(model, tokenizer, PROMPTS, 10)
     assert greedy.completions == expected
 
 
