@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -253,8 +254,11 @@ def test_sigkill_mid_run_then_cli_resume_gives_the_same_result(first_run, tmp_pa
 
 @pytest.mark.slow
 def test_report_writes_the_runs_figures(first_run, tmp_path):
-    """A sequential run has R, forgetting and entropy figures; they are real PNGs."""
-    run_dir = Path(first_run["_dir"])
+    """A sequential run has R, forgetting, item-transition and entropy figures; real PNGs."""
+    # A copy: the shared run folder must stay exactly as the run left it (other tests compare
+    # their resumed runs' files with it).
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run["_dir"], run_dir)
     proc = cli("report", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     written = sorted(Path(line).name for line in proc.stdout.split())
@@ -262,7 +266,9 @@ def test_report_writes_the_runs_figures(first_run, tmp_path):
     for name in written:
         data = (run_dir / "plots" / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5_000
-    bad = cli("report", str(tmp_path), cwd=tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = cli("report", str(empty), cwd=tmp_path)
     assert bad.returncode == 2 and "not a finished run folder" in bad.stderr
 
 

@@ -385,7 +385,9 @@ def test_plot_data_carries_what_each_strategy_measured(results):
     bwt = plot_data(results["bwt"])
     assert len(bwt["transfer"]["delta"]) == 4 and len(bwt["prediction"]) == 4
     assert {p["measured"] for p in bwt["prediction"]} == set(results["bwt"]["matrix"]["R"][-1])
-    assert set(figures(bwt)) == {"r_heatmap", "forgetting", "entropy", "transfer", "prediction"}
+    assert set(figures(bwt)) == {
+        *("r_heatmap", "forgetting", "items", "entropy", "transfer", "prediction"),
+    }
     merge = plot_data(results["merge"])
     assert len(merge["branches"]) == 4 and "transfer" not in merge
     assert "forgetting" not in figures(merge)  # one merge: nothing could be forgotten
