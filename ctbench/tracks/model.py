@@ -1,26 +1,18 @@
-"""Loading and building causal language models.
+"""Building the tiny track's small Llama from a seed.
 
-One function loads any Hugging Face causal LM by name or local path (GPU tracks); another
-builds the tiny track's small Llama from a seed. Both return the standard
-``PreTrainedModel`` so the engine has one code path for every model size.
+It is a standard ``LlamaForCausalLM``, so the engine has one code path for every model
+size; real models come from a track's model source (``ctbench.tracks.model_source``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
 )
-
-from ctbench.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -57,27 +49,6 @@ def build_tiny_model(spec: TinyModelSpec, vocab_size: int, seed: int) -> LlamaFo
     model = LlamaForCausalLM(config)
     torch.random.set_rng_state(generator_state)
     return model
-
-
-def load_causal_lm(
-    name_or_path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a Hugging Face causal LM and its tokenizer by hub name or local directory.
-
-    These machines are offline-first: a local directory always works; a hub name works only
-    where the model is already in the Hugging Face cache or the hub is reachable.
-    """
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"cannot load a causal language model from {name_or_path!r}: {exc}",
-            where="model",
-        ) from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer
 
 
 def spec_dict(spec: TinyModelSpec) -> dict[str, int]:
