@@ -18,6 +18,7 @@ from ctbench.errors import UserError
 from ctbench.results.aggregate import RunItems, bootstrap_acc, bootstrap_paired_difference
 from ctbench.results.grid import plan_cells
 from ctbench.runs.run import Run, RunObserver
+from ctbench.runs.samples import item_score_rows
 from ctbench.strategies.plugins import resolve_strategy
 from ctbench.training.compute import total_wall_s
 
@@ -50,11 +51,8 @@ def parse_seeds(text: str) -> list[int]:
 def final_items(run_dir: Path, result: dict[str, Any]) -> RunItems:
     """Per-item scores of every task after the run's last main-line item."""
     index = result["matrix"]["item_index"][-1]
-    items: dict[str, list[float]] = {}
-    for task in result["tasks"]:
-        path = run_dir / "samples" / f"stage-{index:02d}-{task}.jsonl"
-        items[task] = [json.loads(line)["score"] for line in path.read_text().splitlines()]
-    return items
+    rows = item_score_rows(run_dir, result["tasks"], [index])
+    return {task: scores for task, (scores,) in rows.items()}
 
 
 def run_grid(

@@ -126,16 +126,11 @@ def check_scores(run_dir: Path, result: dict[str, Any], where: str) -> None:
                     f"{recomputed!r}",
                     where=where,
                 )
-    if "item_forgetting" in result:
-        recorded = result.pop("item_forgetting")
-        try:
-            if run_item_forgetting(run_dir, result) != recorded:
-                raise UserError(
-                    "item_forgetting does not follow from the per-item scores in samples/",
-                    where=where,
-                )
-        finally:
-            result["item_forgetting"] = recorded
+    recorded = result.get("item_forgetting")
+    if recorded is not None and recompute_item_forgetting(run_dir, result) != recorded:
+        raise UserError(
+            "item_forgetting does not follow from the per-item scores in samples/", where=where
+        )
     schedule = main_line_schedule(result)
     if not schedule:
         return
@@ -250,6 +245,11 @@ def run_item_forgetting(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]
     """A result's sample-level forgetting: as recorded, or recomputed from its samples."""
     if "item_forgetting" in result:
         return result["item_forgetting"]
+    return recompute_item_forgetting(run_dir, result)
+
+
+def recompute_item_forgetting(run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Sample-level forgetting from the per-item scores in ``samples/``."""
     tasks = result["tasks"]
     rows = item_score_rows(run_dir, tasks, result["matrix"]["item_index"])
     chances = {t: result["task_info"][t]["chance"] for t in tasks}
