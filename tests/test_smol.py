@@ -9,6 +9,8 @@ command that gets it.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -22,9 +24,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ctbench import cli as ctbench_cli
 from ctbench.scoring.rewards import build_reward
 from ctbench.tracks.chat import chat_prompt_ids, end_of_turn_id, render_chat_prompt, stop_token_ids
+from ctbench.tracks.engine_settings import LoraSettings, MemorySettings
 from ctbench.tracks.model_source import GGUFSource, load_prepared, prepare_model
 from ctbench.tracks.taskdata import Item
 from ctbench.training import fastllama
+from ctbench.training.adapters import (
+    add_adapters,
+    folded,
+    is_adapted,
+    load_checkpoint,
+    mark_track_base,
+    on_track_base,
+    parameter_counts,
+    save_checkpoint,
+)
 from ctbench.training.compute import ComputeMeter
 from ctbench.training.engine import Engine
 from ctbench.training.rollout import HFRollout, encode_prompts
@@ -244,3 +257,147 @@ def test_ctbench_run_on_smollm2_with_a_chat_task(
         assert sample["score"] == float(answer is not None and answer == sample["answer"])
     assert failures[1][0] == sum(s["answers"][0] is None for s in samples)
     assert not (run_dir / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------------------- LoRA
+LORA = LoraSettings(r=8, alpha=16.0, dropout=0.0)
+
+
+def _smoke_engine(model, tokenizer, root: Path, **memory) -> Engine:
+    from ctbench.tracks.track import load_track
+
+    track = load_track(str(write_smoke_track(root)))
+    return Engine(
+        model,
+        tokenizer,
+        track.tasks,
+        {"wordmath": build_reward(track.tasks["wordmath"])},
+        HFRollout(tokenizer),
+        rl=dataclasses.replace(track.spec.rl, beta=0.05, lr=1e-3),
+        sft=track.spec.sft,
+        meter=ComputeMeter(),
+        memory=MemorySettings(**memory),
+    )
+
+
+def test_lora_trains_only_adapters_and_its_kl_reference_is_the_frozen_model(
+    smol, tmp_path: Path
+) -> None:
+    model, tokenizer = smol
+    adapted = add_adapters(copy.deepcopy(model), LORA, seed=3)
+    frozen = {n: p.detach().clone() for n, p in adapted.named_parameters() if not p.requires_grad}
+    counts = parameter_counts(adapted)
+    # r · (in + out) per adapted layer: 30 layers × (q, k, v, o, gate, up, down).
+    per_layer = 8 * ((576 + 576) * 2 + (576 + 192) * 2 + (576 + 1536) * 3)
+    assert counts["trainable"] == 30 * per_layer
+    assert counts["total"] == 134_515_008 + counts["trainable"]
+    engine = _smoke_engine(adapted, tokenizer, tmp_path)
+    # With B = 0 the adapters change nothing yet: the reference equals the model itself.
+    prompt = engine.prompts.text(engine.tasks["wordmath"].train[0])
+    ids, mask = encode_prompts(tokenizer, [prompt], "cpu")
+    with torch.no_grad():
+        ref = engine.reference_logprobs(ids, mask, 1, 1)
+        own, _ = engine.completion_logprobs(model, ids, mask, 1)
+    torch.testing.assert_close(ref, own)
+    engine.train_stage({"wordmath": 1.0}, "sft", 1, seed=0, hparams={"lr": 1e-3})
+    for name, param in adapted.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
+    lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b), "the adapters should have moved"
+    logs = engine.train_stage({"wordmath": 1.0}, "rl", 1, seed=0)
+    assert engine.reference is None  # no second copy of the model
+    assert logs[0].extra["kl"] > 0.0  # the adapted policy has left its reference
+    with torch.no_grad():  # adapters off: the frozen model's log-probs, exactly
+        torch.testing.assert_close(engine.reference_logprobs(ids, mask, 1, 1), own)
+        moved, _ = engine.completion_logprobs(adapted, ids, mask, 1)
+    assert not torch.allclose(moved, own)
+
+
+def test_lora_checkpoint_holds_adapters_only_and_reloads_the_same_model(
+    smol, tmp_path: Path
+) -> None:
+    model, tokenizer = smol
+    base = prepare_model(SMOL).folder
+    adapted = mark_track_base(copy.deepcopy(model))
+    adapted = add_adapters(adapted, LORA, seed=4)
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.02)  # as if trained: B != 0
+    save_checkpoint(adapted, tmp_path / "ckpt")
+    files = {p.name: p.stat().st_size for p in (tmp_path / "ckpt").iterdir()}
+    assert set(files) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    assert files["adapter_model.safetensors"] < 20_000_000  # adapters, not 540 MB of weights
+    loaded = load_checkpoint(tmp_path / "ckpt", base, "cpu")
+    assert is_adapted(loaded) and on_track_base(loaded)
+    assert parameter_counts(loaded) == parameter_counts(adapted)
+    ids = torch.tensor([tokenizer("Tom has 3 apples.")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, adapted(input_ids=ids).logits)
+        full = folded(adapted)
+        assert not is_adapted(full) and not on_track_base(full)
+        torch.testing.assert_close(
+            full(input_ids=ids).logits, adapted(input_ids=ids).logits, rtol=1e-4, atol=1e-4
+        )
+
+
+def test_lora_micro_batches_with_checkpointing_equal_the_whole_step(smol, tmp_path: Path) -> None:
+    """SmolLM2 with adapters, the model's own forward: 4 rollouts in micro-batches of 1 with
+    gradient checkpointing give the one-batch step's gradients."""
+    model, tokenizer = smol
+    grads = []
+    for memory in ({}, {"micro_batch": 1, "gradient_checkpointing": True}):
+        adapted = add_adapters(copy.deepcopy(model), LORA, seed=5)
+        with torch.no_grad():
+            for name, param in adapted.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(1))
+        engine = _smoke_engine(adapted, tokenizer, tmp_path / str(len(grads)), **memory)
+        log = engine.train_stage({"wordmath": 1.0}, "rl", 1, seed=2, hparams={"lr": 0.0})[0]
+        named = {n: p.grad.clone() for n, p in adapted.named_parameters() if p.requires_grad}
+        grads.append((log, named))
+        assert not adapted.is_activation_checkpointing  # switched off again after the stage
+    (whole, g_whole), (parts, g_parts) = grads
+    assert parts.reward == whole.reward
+    assert parts.loss == pytest.approx(whole.loss, rel=1e-4, abs=1e-6)
+    assert parts.extra["kl"] == pytest.approx(whole.extra["kl"], rel=1e-4, abs=1e-7)
+    assert any(g.abs().sum() > 0 for g in g_whole.values())
+    for name, grad in g_whole.items():
+        torch.testing.assert_close(g_parts[name], grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_lora_rollouts_decode_on_fused_weights_exactly_as_the_merged_model(smol) -> None:
+    """Rollouts of a LoRA model take the fast path with W + scale · B A fused once per
+    rollout: greedy tokens equal ``generate`` on the merged (folded) model."""
+    model, tokenizer = smol
+    adapted = add_adapters(copy.deepcopy(model), LORA, seed=6)
+    with torch.no_grad():
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(2))
+    assert fastllama.supports(adapted, adapters=True) and not fastllama.supports(adapted)
+    prompts = [render_chat_prompt(tokenizer, q) for q in QUESTIONS]
+    rollout = HFRollout(tokenizer).generate(adapted, prompts, max_new_tokens=24, greedy=True)
+    merged = folded(adapted)
+    ids, mask = encode_prompts(tokenizer, prompts, "cpu")
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    reference = merged.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=24,
+        do_sample=False,
+        eos_token_id=list(stops),
+        pad_token_id=tokenizer.pad_token_id,
+    )[:, ids.shape[1] :]
+    plain = HFRollout(tokenizer).generate(model, prompts, max_new_tokens=24, greedy=True)
+    lengths = rollout.completion_mask.sum(-1).long().tolist()
+    ours = [
+        r[:n] for r, n in zip(rollout.sequences[:, ids.shape[1] :].tolist(), lengths, strict=True)
+    ]
+    expected = []
+    for row in reference.tolist():
+        end = next((i for i, t in enumerate(row) if t in stops), len(row) - 1)
+        expected.append(row[: end + 1])
+    assert ours == expected
+    assert rollout.completions != plain.completions  # the adapters do change the answers

@@ -27,8 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from ctbench.common.atomic import write_json_atomic, write_jsonl_atomic
@@ -50,6 +49,7 @@ from ctbench.strategy import (
     StrategyFailed,
 )
 from ctbench.tracks.track import Track, is_track_path, load_track
+from ctbench.training import adapters
 from ctbench.training.compute import ComputeMeter
 from ctbench.training.engine import Engine, StepLog
 from ctbench.training.merging import merge_checkpoints
@@ -122,10 +122,16 @@ class Run:
             raise UserError(
                 f"expected a positive number of steps, got {config.budget}", where="--budget"
             )
-        resolve_device(config.device)
+        device = resolve_device(config.device)
         resolved = resolve_strategy(config.strategy)
         resolved.instantiate(config.params)
         track = load_track(config.track)
+        if track.spec.memory.precision == "bf16" and not device.startswith("cuda"):
+            raise UserError(
+                "precision bf16 is CUDA autocast and this run has no GPU (--device "
+                f"{config.device}); use precision: fp32 on CPU",
+                where=f"{track.spec.file}: memory.precision",
+            )
         if is_track_path(config.track):
             # Recorded absolute, so `--resume` works from any directory.
             config = dataclasses.replace(config, track=str(Path(config.track).resolve()))
@@ -188,6 +194,7 @@ class Run:
         hf_logging.disable_progress_bar()
         started = dt.datetime.now(dt.UTC).isoformat()
         model, tokenizer, base_report = load_base(self.track, self.observer.base_progress)
+        adapters.mark_track_base(model)
         self.base_path = ensure_base_checkpoint(self.track)
         self.device = resolve_device(self.config.device)
         state = self._load_state()
@@ -212,7 +219,15 @@ class Run:
         rollout = HFRollout(tokenizer)
         spec = self.track.spec
         engine = Engine(
-            model, tokenizer, tasks, rewards, rollout, rl=spec.rl, sft=spec.sft, meter=meter
+            model,
+            tokenizer,
+            tasks,
+            rewards,
+            rollout,
+            rl=spec.rl,
+            sft=spec.sft,
+            meter=meter,
+            memory=spec.memory,
         )
         evaluator = Evaluator(
             tasks,
@@ -264,7 +279,9 @@ class Run:
                     row = evaluator.evaluate(main, derived_seed(seed, index, 1))
                     self._commit(state, meter, item, row, [], model=main, index=index)
                 else:
-                    target = self._start_model(item, main, state)
+                    target = self._with_adapters(
+                        self._start_model(item, main, state), derived_seed(seed, index, 3)
+                    )
                     if item.main_line:
                         main = target
                     engine.bind(target)
@@ -278,6 +295,11 @@ class Run:
                         hparams=item.hparams,
                         on_step=self.observer.step_done,
                     )
+                    if adapters.is_adapted(target) and not adapters.on_track_base(target):
+                        # Adapters over a merged model: folded now, as its checkpoint will be.
+                        target = adapters.folded(target)
+                        if item.main_line:
+                            main = target
                     row = evaluator.evaluate(
                         target,
                         derived_seed(seed, index, 1),
@@ -413,7 +435,15 @@ class Run:
 
     # ------------------------------------------------------------------------ models
     def _load(self, path: Path) -> PreTrainedModel:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
+        return adapters.load_checkpoint(path, self.base_path, self.device)
+
+    def _with_adapters(self, model: PreTrainedModel, seed: int) -> PreTrainedModel:
+        """The model a LoRA stage trains: ``model`` itself when it carries adapters already
+        (a curriculum trains one adapter across its stages), else fresh ones from ``seed``."""
+        lora = self.track.spec.model.lora
+        if lora is None or adapters.is_adapted(model):
+            return model
+        return adapters.add_adapters(model, lora, seed)
 
     def _start_model(
         self, stage: Stage, main: PreTrainedModel, state: dict[str, Any]
@@ -428,17 +458,27 @@ class Run:
     def _merge(self, merge: Merge, state: dict[str, Any], index: int) -> PreTrainedModel:
         staging = Path(tempfile.mkdtemp(prefix=".merge-", dir=self.dir))
         try:
+            sources = []
+            for name in merge.sources:
+                folder = self.dir / state["kept"][name]
+                if (folder / adapters.ADAPTER_CONFIG).exists():
+                    # mergekit merges full weights: fold the branch's adapters into its base.
+                    full = staging / "sources" / name
+                    adapters.folded(self._load(folder)).save_pretrained(full)
+                    folder = full
+                sources.append(folder)
+            merged = staging / "merged"
             merge_checkpoints(
-                [self.dir / state["kept"][name] for name in merge.sources],
+                sources,
                 self.base_path,
-                staging,
+                merged,
                 method=merge.method,
                 weights=merge.weights,
                 density=merge.density,
                 options=merge.options,
                 seed=derived_seed(self.config.seed, index, 2),
             )
-            return self._load(staging)
+            return self._load(merged)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -503,7 +543,7 @@ class Run:
             relative = f"checkpoints/{index:03d}-{label or 'stage'}"
             self.checkpoints.mkdir(exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=self.checkpoints))
-            model.save_pretrained(staging)
+            adapters.save_checkpoint(model, staging)
             os.rename(staging, self.dir / relative)
             main_line = isinstance(item, Merge) or item.main_line
             if main_line:

@@ -100,3 +100,66 @@ class StageConfig:
     rl: RLConfig
     sft: SFTConfig
     blend: BlendConfig
+
+
+# peft's names for a Llama block's linear layers: adapting all of them (not only q/v) is
+# what QLoRA found necessary to match full fine-tuning, and what TRL's examples use.
+LLAMA_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """``model.lora`` of a track: train low-rank adapters (peft) instead of every weight.
+
+    ``alpha / r`` scales the adapters' output (peft's ``lora_alpha``); ``dropout`` applies to
+    the adapters' input while training."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = LLAMA_LINEAR_MODULES
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise UserError(f"expected a positive rank, got {self.r!r}", where="model.lora.r")
+        if self.alpha <= 0:
+            raise UserError(f"expected alpha > 0, got {self.alpha!r}", where="model.lora.alpha")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(
+                f"expected a dropout in [0, 1), got {self.dropout!r}", where="model.lora.dropout"
+            )
+        if not self.target_modules or not all(isinstance(m, str) for m in self.target_modules):
+            raise UserError(
+                "expected a non-empty list of module names", where="model.lora.target_modules"
+            )
+
+
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """``memory:`` of a track: how a step is computed, not what it computes.
+
+    ``micro_batch``: sequences per forward/backward (0: the whole batch at once); a step's
+    gradient is accumulated over its micro-batches and equals the one-batch gradient within
+    float rounding, so it is not part of the track's identity. ``gradient_checkpointing``
+    recomputes activations in the backward pass instead of keeping them (same arithmetic,
+    less memory, ~30% more compute). ``precision: bf16`` runs forwards under CUDA bf16
+    autocast with fp32 master weights and optimizer state; it changes the numbers, so it
+    enters the track hash."""
+
+    micro_batch: int = 0
+    gradient_checkpointing: bool = False
+    precision: Precision = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.micro_batch < 0:
+            raise UserError(
+                f"expected 0 (whole batch) or a positive size, got {self.micro_batch!r}",
+                where="memory.micro_batch",
+            )
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(
+                f"expected fp32 or bf16, got {self.precision!r}", where="memory.precision"
+            )

@@ -15,7 +15,7 @@ from typing import Any
 
 from ctbench.common.yamlspec import Fields, load_yaml_mapping
 from ctbench.errors import UserError
-from ctbench.tracks.engine_settings import RLConfig, SFTConfig
+from ctbench.tracks.engine_settings import LoraSettings, MemorySettings, RLConfig, SFTConfig
 from ctbench.tracks.model import TinyModelSpec
 from ctbench.tracks.model_source import ModelSource, portable_source, source_from_fields
 from ctbench.tracks.resources import tracks_dir
@@ -51,6 +51,7 @@ class ModelSpec:
     pretrain: PretrainSpec = field(default_factory=PretrainSpec)
     source: ModelSource | None = None
     shipped: str | None = None  # a pre-built checkpoint folder, relative to the track file
+    lora: LoraSettings | None = None  # train peft adapters instead of every weight
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class TrackSpec:
     # system prompt of its chat tasks that set none.
     chat: bool = False
     system_prompt: str | None = None
+    memory: MemorySettings = field(default_factory=MemorySettings)
 
     @property
     def budget_steps(self) -> int:
@@ -119,6 +121,7 @@ def parse_track_spec(path: Path) -> TrackSpec:
     init_seed = model_fields.get("init_seed", int, 0)
     shipped = model_fields.get("shipped", (str, type(None)), None)
     pretrain = _dataclass_from(model_fields.sub("pretrain"), PretrainSpec)
+    lora = _lora_from(model_fields.sub("lora"), path) if "lora" in model_fields.data else None
     model_fields.finish()
     task_names = top.get("tasks", list)
     if not task_names or not all(isinstance(t, str) for t in task_names):
@@ -135,13 +138,21 @@ def parse_track_spec(path: Path) -> TrackSpec:
     evaluation = _dataclass_from(top.sub("eval"), EvalSettings)
     chat = top.get("chat", bool, False)
     system_prompt = top.get("system_prompt", (str, type(None)), None)
+    memory = _memory_from(top.sub("memory"), path)
+    if memory.gradient_checkpointing and tiny is not None:
+        raise top.error("memory.gradient_checkpointing", "the tiny model does not need it")
     top.finish()
     return TrackSpec(
         name=name,
         version=version,
         description=description,
         model=ModelSpec(
-            tiny=tiny, init_seed=init_seed, pretrain=pretrain, source=source, shipped=shipped
+            tiny=tiny,
+            init_seed=init_seed,
+            pretrain=pretrain,
+            source=source,
+            shipped=shipped,
+            lora=lora,
         ),
         task_names=tuple(task_names),
         steps_per_task=steps_per_task,
@@ -151,7 +162,39 @@ def parse_track_spec(path: Path) -> TrackSpec:
         file=str(path),
         chat=chat,
         system_prompt=system_prompt,
+        memory=memory,
     )
+
+
+def _lora_from(fields: Fields, path: Path) -> LoraSettings:
+    defaults = LoraSettings()
+    modules = fields.get("target_modules", list, list(defaults.target_modules))
+    if not modules or not all(isinstance(m, str) and m for m in modules):
+        raise fields.error("target_modules", "expected a non-empty list of module names")
+    try:
+        settings = LoraSettings(
+            r=fields.positive("r", int, defaults.r),
+            alpha=fields.positive("alpha", float, defaults.alpha),
+            dropout=fields.get("dropout", float, defaults.dropout),
+            target_modules=tuple(modules),
+        )
+    except UserError as exc:
+        raise UserError(exc.message, where=f"{path}: {exc.where}") from exc
+    fields.finish()
+    return settings
+
+
+def _memory_from(fields: Fields, path: Path) -> MemorySettings:
+    try:
+        settings = MemorySettings(
+            micro_batch=fields.get("micro_batch", int, 0),
+            gradient_checkpointing=fields.get("gradient_checkpointing", bool, False),
+            precision=fields.get("precision", str, "fp32", choices=("fp32", "bf16")),
+        )
+    except UserError as exc:
+        raise UserError(exc.message, where=f"{path}: {exc.where}") from exc
+    fields.finish()
+    return settings
 
 
 def available_tracks() -> dict[str, Path]:
@@ -204,6 +247,13 @@ class Track:
             del track["chat"]
         if track["system_prompt"] is None:
             del track["system_prompt"]
+        if model["lora"] is None:
+            del model["lora"]
+        # How a step is computed (micro-batches, checkpointing) gives the same numbers within
+        # rounding, so it is not part of the benchmark's identity; precision is.
+        memory = track.pop("memory")
+        if memory["precision"] != "fp32":
+            track["precision"] = memory["precision"]
         payload = {
             "track": track,
             "tasks": {name: t.content_hash() for name, t in self.tasks.items()},

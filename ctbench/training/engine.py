@@ -13,6 +13,7 @@ step applies the first, an SFT step the second, and a blended step applies
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import random
@@ -29,6 +30,7 @@ from ctbench.strategy import Objective
 from ctbench.tracks.chat import PromptFormat
 from ctbench.tracks.engine_settings import (
     BlendConfig,
+    MemorySettings,
     RLConfig,
     SFTConfig,
     StageConfig,
@@ -36,6 +38,12 @@ from ctbench.tracks.engine_settings import (
 )
 from ctbench.tracks.taskdata import Item, Task
 from ctbench.training import fastllama
+from ctbench.training.adapters import (
+    is_adapted,
+    parameter_counts,
+    reference_weights,
+    trainable_parameters,
+)
 from ctbench.training.compute import ComputeMeter
 from ctbench.training.losses import (
     chord_phi,
@@ -79,6 +87,7 @@ class Engine:
         sft: SFTConfig,
         meter: ComputeMeter,
         blend: BlendConfig | None = None,
+        memory: MemorySettings | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -90,6 +99,7 @@ class Engine:
         self.rl = rl
         self.sft = sft
         self.meter = meter
+        self.memory = memory or MemorySettings()
         self.device = next(model.parameters()).device
         self.reference: PreTrainedModel | None = None
         # Plain or chat-template prompt text per task, shared with evaluation (run.py).
@@ -142,7 +152,7 @@ class Engine:
         prompt once per group (:func:`fastllama.grouped_completion_logits`: the same
         arithmetic minus the duplicates). Otherwise the model's own forward runs, and only
         positions that predict completion tokens go through the output layer."""
-        if group > 1 and fastllama.supports(model):
+        if group > 1 and not self.memory.gradient_checkpointing and fastllama.supports(model):
             logits = fastllama.grouped_completion_logits(
                 model, sequences, attention_mask, start, group
             )
@@ -158,19 +168,23 @@ class Engine:
 
     # ----------------------------------------------------------------------- RL term
     def rl_loss(
-        self, items: Sequence[Item], generator: torch.Generator, phase: str
+        self, items: Sequence[Item], generator: torch.Generator, phase: str, *, weight: float = 1.0
     ) -> tuple[torch.Tensor, StepLog]:
+        """The GRPO term. Whole-batch mode returns the loss for :meth:`apply` to backward;
+        micro-batch mode (``memory.micro_batch``) backwards ``weight`` × each micro-batch's
+        share itself and returns the detached total (see :meth:`accumulating`)."""
         group = self.rl.group_size
         prompts = self.prompts.texts(items, group)
         max_new = max(self.tasks[item.task].spec.max_new_tokens for item in items)
-        rollout = self.rollout.generate(
-            self.model,
-            prompts,
-            max_new_tokens=max_new,
-            temperature=self.rl.temperature,
-            greedy=False,
-            generator=generator,
-        )
+        with self.autocast():
+            rollout = self.rollout.generate(
+                self.model,
+                prompts,
+                max_new_tokens=max_new,
+                temperature=self.rl.temperature,
+                greedy=False,
+                generator=generator,
+            )
         rewards = torch.zeros(len(items), group)
         by_task: dict[str, list[int]] = defaultdict(list)
         for index, item in enumerate(items):
@@ -186,18 +200,51 @@ class Engine:
         advantages = (
             group_advantages(rewards, scale=self.rl.scale_advantages).flatten().to(self.device)
         )
-
-        start = rollout.prompt_length
-        logp, entropy = self.completion_logprobs(
-            self.model, rollout.sequences, rollout.attention_mask, start, group
-        )
         mask = rollout.completion_mask
-        ref_logp = None
-        if self.rl.beta > 0.0:
-            with torch.no_grad():
-                ref_logp, _ = self.completion_logprobs(
-                    self.reference, rollout.sequences, rollout.attention_mask, start, group
-                )
+        if self.accumulating:
+            loss, stats, entropy = self._grpo_microbatches(rollout, advantages, group, weight)
+        else:
+            loss, stats, entropy = self._grpo_term(
+                rollout.sequences, rollout.attention_mask, rollout.prompt_length, group,
+                advantages, mask,
+            )  # fmt: skip
+        tokens = rollout.generated_tokens
+        self.meter.book(phase, samples=len(prompts), generated_tokens=tokens, trained_tokens=tokens)
+        row_entropy = (entropy * mask).sum(-1).view(len(items), group).sum(-1)
+        row_tokens = mask.sum(-1).view(len(items), group).sum(-1)
+        entropy_by_task = {
+            name: float(row_entropy[indices].sum() / row_tokens[indices].sum().clamp(min=1.0))
+            for name, indices in sorted(by_task.items())
+        }
+        log = StepLog(
+            step=-1,
+            loss=float(loss.detach()),
+            reward=float(rewards.mean()),
+            entropy=float((entropy * mask).sum() / mask.sum().clamp(min=1.0)),
+            reward_by_task=reward_by_task,
+            entropy_by_task=entropy_by_task,
+            extra=stats,
+        )
+        return loss, log
+
+    def _grpo_term(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        start: int,
+        group: int,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        totals: tuple[float, int] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """GRPO loss of some rows of a rollout, its stats, and its detached token entropy."""
+        with self.autocast():
+            logp, entropy = self.completion_logprobs(
+                self.model, sequences, attention_mask, start, group
+            )
+            ref_logp = None
+            if self.rl.beta > 0.0:
+                ref_logp = self.reference_logprobs(sequences, attention_mask, start, group)
         # One update per batch (on-policy): old log-probs are the current ones, detached, so
         # the ratio starts at 1 exactly as in TRL/verl with a single PPO epoch.
         loss, stats = grpo_loss(
@@ -210,25 +257,65 @@ class Engine:
             ref_logp=ref_logp,
             beta=self.rl.beta,
             aggregation=self.rl.aggregation,
+            totals=totals,
         )
-        tokens = rollout.generated_tokens
-        self.meter.book(phase, samples=len(prompts), generated_tokens=tokens, trained_tokens=tokens)
-        row_entropy = (entropy.detach() * mask).sum(-1).view(len(items), group).sum(-1)
-        row_tokens = mask.sum(-1).view(len(items), group).sum(-1)
-        entropy_by_task = {
-            name: float(row_entropy[indices].sum() / row_tokens[indices].sum().clamp(min=1.0))
-            for name, indices in sorted(by_task.items())
-        }
-        log = StepLog(
-            step=-1,
-            loss=float(loss.detach()),
-            reward=float(rewards.mean()),
-            entropy=float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1.0)),
-            reward_by_task=reward_by_task,
-            entropy_by_task=entropy_by_task,
-            extra=stats,
-        )
-        return loss, log
+        return loss, stats, entropy.detach()
+
+    def _grpo_microbatches(
+        self, rollout: Any, advantages: torch.Tensor, group: int, weight: float
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        mask = rollout.completion_mask
+        totals = (float(mask.sum()), mask.shape[0])
+        total = torch.zeros((), device=self.device)
+        entropy = torch.zeros_like(mask)
+        weighted: dict[str, float] = defaultdict(float)
+        for rows in self.row_chunks(mask.shape[0], group):
+            loss, stats, entropy[rows] = self._grpo_term(
+                rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_length,
+                group, advantages[rows], mask[rows], totals,
+            )  # fmt: skip
+            (weight * loss).backward()
+            total += loss.detach()
+            share = float(mask[rows].sum()) / max(totals[0], 1.0)
+            for key, value in stats.items():  # token-weighted, as the whole batch's would be
+                weighted[key] += value * share
+        return total, dict(weighted), entropy
+
+    def reference_logprobs(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, start: int, group: int
+    ) -> torch.Tensor:
+        """Log-probs under the KL reference: the stage's start (a frozen copy) for full
+        fine-tuning; the frozen weights under the adapters (adapters off, no copy) for LoRA."""
+        with torch.no_grad():
+            if self.reference is not None:
+                return self.completion_logprobs(
+                    self.reference, sequences, attention_mask, start, group
+                )[0]
+            with reference_weights(self.model):
+                return self.completion_logprobs(
+                    self.model, sequences, attention_mask, start, group
+                )[0]
+
+    @property
+    def accumulating(self) -> bool:
+        """Micro-batch mode: loss terms backward their own parts as they go (gradient
+        accumulation), so a step never holds the whole batch's activations."""
+        return self.memory.micro_batch > 0
+
+    def row_chunks(self, rows: int, group: int = 1) -> list[slice]:
+        """Consecutive row slices of at most ``memory.micro_batch`` rows; whole groups when
+        the grouped fast path computes each group's prompt once."""
+        size = self.memory.micro_batch
+        if group > 1 and not self.memory.gradient_checkpointing and fastllama.supports(self.model):
+            size = max(group, size - size % group)
+        return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on CUDA when the track asks for it (weights and optimizer stay
+        fp32); a no-op otherwise."""
+        if self.memory.precision == "bf16":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # ---------------------------------------------------------------------- SFT term
     def demonstration_batch(
@@ -268,22 +355,50 @@ class Engine:
         return ids.to(self.device), attention.to(self.device), expert.to(self.device)
 
     def sft_loss(
-        self, items: Sequence[Item], phase: str, *, phi_weighting: bool = False
+        self, items: Sequence[Item], phase: str, *, phi_weighting: bool = False, weight: float = 1.0
     ) -> tuple[torch.Tensor, StepLog]:
+        """The SFT term; micro-batch mode as in :meth:`rl_loss`."""
         ids, attention, expert = self.demonstration_batch(items)
-        logits = self.model(input_ids=ids, attention_mask=attention).logits
-        logp, entropy = token_logprobs(logits[:, :-1], ids[:, 1:])
         mask = expert[:, 1:]
-        weights = chord_phi(logp) if phi_weighting else None
-        loss = sft_loss(logp, mask, weights=weights)
+        if self.accumulating:
+            totals = (float(mask.sum()), mask.shape[0])
+            loss = torch.zeros((), device=self.device)
+            entropy_sum = torch.zeros((), device=self.device)
+            for rows in self.row_chunks(ids.shape[0]):
+                width = int(attention[rows].sum(-1).max())  # right padding: trim the tail
+                part, part_entropy = self._sft_term(
+                    ids[rows, :width], attention[rows, :width], mask[rows, : width - 1],
+                    phi_weighting, totals,
+                )  # fmt: skip
+                (weight * part).backward()
+                loss += part.detach()
+                entropy_sum += part_entropy
+        else:
+            loss, entropy_sum = self._sft_term(ids, attention, mask, phi_weighting, None)
         tokens = int(mask.sum())
         self.meter.book(phase, samples=len(items), trained_tokens=tokens)
         log = StepLog(
             step=-1,
             loss=float(loss.detach()),
-            entropy=float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1.0)),
+            entropy=float(entropy_sum / mask.sum().clamp(min=1.0)),
         )
         return loss, log
+
+    def _sft_term(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        mask: torch.Tensor,
+        phi_weighting: bool,
+        totals: tuple[float, int] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SFT loss of some demonstration rows and the summed entropy over their expert tokens."""
+        with self.autocast():
+            logits = self.model(input_ids=ids, attention_mask=attention).logits
+        logp, entropy = token_logprobs(logits[:, :-1], ids[:, 1:])
+        weights = chord_phi(logp) if phi_weighting else None
+        loss = sft_loss(logp, mask, weights=weights, totals=totals)
+        return loss, (entropy.detach() * mask).sum()
 
     # -------------------------------------------------------------------- blend (CHORD)
     def blend_loss(
@@ -300,8 +415,8 @@ class Engine:
 
         Both terms are the engine's own ``rl_loss`` and ``sft_loss``, so the blend is a
         composition (CHORD's loss, with its phi token weighting when ``phi_weighting``)."""
-        rl, log = self.rl_loss(rl_items, generator, phase)
-        sft, sft_log = self.sft_loss(expert_items, phase, phi_weighting=phi_weighting)
+        rl, log = self.rl_loss(rl_items, generator, phase, weight=1.0 - mu)
+        sft, sft_log = self.sft_loss(expert_items, phase, phi_weighting=phi_weighting, weight=mu)
         loss = (1.0 - mu) * rl + mu * sft
         log.loss = float(loss.detach())
         log.extra.update(
@@ -313,9 +428,12 @@ class Engine:
     def apply(
         self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, max_grad_norm: float, phase: str
     ) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
+        """Finish a step: backward (unless micro-batches did it), clip, update. The caller
+        zeroes the gradients *before* the step's loss terms run, since in micro-batch mode
+        they accumulate gradients as they go."""
+        if not self.accumulating:  # micro-batches were backwarded as they were computed
+            loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), max_grad_norm)
         optimizer.step()
         self.meter.book(phase, optimizer_steps=1)
         return float(norm)
@@ -328,8 +446,13 @@ class Engine:
         ``foreach=True``: torch picks the per-parameter loop on CPU, one small kernel per
         parameter and operation; the multi-tensor path does the same arithmetic in fewer
         calls (bitwise-equal updates, measured) and halves the tiny model's optimizer step.
-        ``fused=True`` would be faster still but rounds differently."""
-        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, foreach=True)
+        ``fused=True`` would be faster still but rounds differently.
+
+        Only parameters that train are handed over (all of them under full fine-tuning, the
+        adapters under LoRA), so AdamW keeps no state for frozen weights."""
+        return torch.optim.AdamW(
+            trainable_parameters(self.model), lr=lr, weight_decay=0.0, foreach=True
+        )
 
     def train_stage(
         self,
@@ -351,13 +474,16 @@ class Engine:
         weights = [mixture[n] for n in names]
         self.rl, self.sft = config.rl, config.sft
         optimizer = self.new_optimizer(config.sft.lr if objective == "sft" else config.rl.lr)
-        if objective != "sft" and config.rl.beta > 0.0:
+        if objective != "sft" and config.rl.beta > 0.0 and not is_adapted(self.model):
             self.reference = copy.deepcopy(self.model).eval()
+        if self.memory.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable({"use_reentrant": False})
         self.model.train()
         logs = []
         try:
             with self.meter.timed(phase):
                 for step in range(steps):
+                    optimizer.zero_grad(set_to_none=True)
                     loss, log, max_norm = self._stage_step(
                         objective, config, step, steps, rng, names, weights, generator, phase
                     )
@@ -369,6 +495,8 @@ class Engine:
         finally:
             self.rl, self.sft = self.defaults.rl, self.defaults.sft
             self.reference = None
+            if self.memory.gradient_checkpointing:
+                self.model.gradient_checkpointing_disable()
             for name in names:
                 self.rewards[name].reset()
         return logs
@@ -426,7 +554,12 @@ class Engine:
         return items
 
     def config_json(self) -> dict[str, Any]:
-        return {name: asdict(getattr(self.defaults, name)) for name in ("rl", "sft", "blend")}
+        """The engine settings a result records: the track's RL/SFT/CHORD defaults, how a
+        step is computed (``memory``) and what trains (parameter counts; LoRA or not)."""
+        config = {name: asdict(getattr(self.defaults, name)) for name in ("rl", "sft", "blend")}
+        config["memory"] = asdict(self.memory)
+        config["parameters"] = parameter_counts(self.model)
+        return config
 
 
 def blend_batch_split(prompts: int, group: int, expert_share: float) -> tuple[int, int]:

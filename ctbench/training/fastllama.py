@@ -26,22 +26,59 @@ _PROJECTIONS = (
 
 def _plain_linear(module: object) -> bool:
     """A ``torch.nn.Linear`` itself, not a subclass or a wrapper: this module reads only
-    ``.weight``, so a peft LoRA layer (its adapters live beside the weight) or a quantized
-    linear would otherwise be silently computed as the bare base weight."""
+    ``.weight``, so a quantized linear (or a LoRA layer outside decoding, see
+    :func:`_lora_linear`) would otherwise be silently computed as the bare base weight."""
     return type(module) is torch.nn.Linear
 
 
-def supports(model: PreTrainedModel) -> bool:
-    """True when this module reproduces the model's forward exactly."""
+def _lora_linear(module: object) -> bool:
+    """A peft LoRA linear that decoding can read as one weight, ``W + scale · B A``: one
+    active plain adapter (no DoRA, no adapter bias) over a plain linear, not merged."""
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+    except ImportError:  # peft is optional for full fine-tuning
+        return False
+    if type(module) is not LoraLinear or type(module.base_layer) is not torch.nn.Linear:
+        return False
+    active = module.active_adapters
+    if len(active) != 1 or module.merged or active[0] not in module.lora_A:
+        return False
+    name = active[0]
+    return not module.use_dora.get(name, False) and module.lora_B[name].bias is None
+
+
+def _weight(module) -> torch.Tensor:
+    """The weight a linear computes with: its own, or a LoRA layer's base plus peft's own
+    ``get_delta_weight`` (the arithmetic of ``merge_and_unload``, so decoding equals
+    ``generate`` on the merged model token for token)."""
+    if type(module) is torch.nn.Linear or module.disable_adapters:
+        return module.weight if type(module) is torch.nn.Linear else module.base_layer.weight
+    return module.base_layer.weight + module.get_delta_weight(module.active_adapters[0])
+
+
+def unwrapped(model: PreTrainedModel) -> PreTrainedModel:
+    """The ``LlamaForCausalLM`` under a peft wrapper (the model itself otherwise)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) and type(model) is not LlamaForCausalLM else model
+
+
+def supports(model: PreTrainedModel, *, adapters: bool = False) -> bool:
+    """True when this module reproduces the model's forward exactly. ``adapters``: the
+    decoding path, which also reads LoRA layers (their weights fused once per rollout);
+    the grouped training forward reads plain weights only, so LoRA gradients flow through
+    peft's own low-rank path."""
+    if adapters:
+        model = unwrapped(model)
     if type(model) is not LlamaForCausalLM:
         return False
     if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False  # a hook changes the module's output; only the module itself can apply it
     if not _plain_linear(model.lm_head) or type(model.model.embed_tokens) is not torch.nn.Embedding:
         return False
+    accepted = (lambda m: _plain_linear(m) or _lora_linear(m)) if adapters else _plain_linear
     for layer in model.model.layers:
         for block, names in _PROJECTIONS:
-            if not all(_plain_linear(getattr(getattr(layer, block), n)) for n in names):
+            if not all(accepted(getattr(getattr(layer, block), n)) for n in names):
                 return False
     config = model.config
     rope = getattr(config, "rope_parameters", None) or {}
@@ -61,12 +98,14 @@ class _Layer:
 
     def __init__(self, layer, *, detach: bool = True) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        with torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
+            qkv = torch.cat([_weight(attn.q_proj), _weight(attn.k_proj), _weight(attn.v_proj)])
+            gate_up = torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)])
+            o, down = _weight(attn.o_proj), _weight(mlp.down_proj)
         self.qkv = qkv.detach() if detach else qkv
         self.gate_up = gate_up.detach() if detach else gate_up
-        self.o = attn.o_proj.weight.detach() if detach else attn.o_proj.weight
-        self.down = mlp.down_proj.weight.detach() if detach else mlp.down_proj.weight
+        self.o = o.detach() if detach else o
+        self.down = down.detach() if detach else down
         self.norm_in = layer.input_layernorm
         self.norm_post = layer.post_attention_layernorm
 

@@ -12,14 +12,24 @@ import torch
 from ctbench.tracks.engine_settings import Aggregation
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    how: Aggregation,
+    totals: tuple[float, int] | None = None,
+) -> torch.Tensor:
     """``token-mean``: every token of the batch weighs the same (DAPO/verl default);
-    ``seq-mean-token-mean``: the original GRPO paper's mean over tokens, then sequences."""
+    ``seq-mean-token-mean``: the original GRPO paper's mean over tokens, then sequences.
+
+    ``totals`` = (real tokens, rows) of the whole batch when ``per_token`` is one
+    micro-batch of it: the result is then this part's share of the whole batch's mean, so
+    the shares of all micro-batches sum to it (gradient accumulation)."""
     if how == "token-mean":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+        tokens = mask.sum().clamp(min=1.0) if totals is None else max(totals[0], 1.0)
+        return (per_token * mask).sum() / tokens
     if how == "seq-mean-token-mean":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        return per_seq.mean()
+        return per_seq.mean() if totals is None else per_seq.sum() / totals[1]
     raise ValueError(f"unknown loss aggregation {how!r}")
 
 
@@ -54,12 +64,14 @@ def grpo_loss(
     ref_logp: torch.Tensor | None = None,
     beta: float = 0.0,
     aggregation: Aggregation = "token-mean",
+    totals: tuple[float, int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped-surrogate GRPO loss (DeepSeekMath eq. 3, with DAPO's clip-higher option).
 
     Shapes: ``logp``/``old_logp``/``mask`` [N, T]; ``advantages`` [N] (one per sequence,
     shared by its tokens). ``eps_high > eps_low`` is clip-higher. ``beta > 0`` adds the k3
-    KL penalty to ``ref_logp`` (default 0, as in TRL and DAPO).
+    KL penalty to ``ref_logp`` (default 0, as in TRL and DAPO). ``totals``: see
+    :func:`aggregate` (a micro-batch's share of the batch loss; the stats stay its own).
     """
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
@@ -76,7 +88,7 @@ def grpo_loss(
     with torch.no_grad():
         clipped_fraction = ((clipped > unclipped).float() * mask).sum() / mask.sum().clamp(min=1.0)
         stats["clip_fraction"] = float(clipped_fraction)
-    return aggregate(per_token, mask, aggregation), stats
+    return aggregate(per_token, mask, aggregation, totals), stats
 
 
 def sft_loss(
@@ -85,10 +97,11 @@ def sft_loss(
     *,
     weights: torch.Tensor | None = None,
     aggregation: Aggregation = "token-mean",
+    totals: tuple[float, int] | None = None,
 ) -> torch.Tensor:
     """Token-level NLL on expert tokens (prompt tokens masked out), optionally weighted."""
     per_token = -logp if weights is None else -logp * weights
-    return aggregate(per_token, mask, aggregation)
+    return aggregate(per_token, mask, aggregation, totals)
 
 
 def chord_phi(logp: torch.Tensor) -> torch.Tensor:

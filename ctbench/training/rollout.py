@@ -178,9 +178,9 @@ class HFRollout:
         return self._stops[key]
 
     def _decoder(self, model: PreTrainedModel, rows: int, capacity: int):
-        if self.fast and fastllama.supports(model):
+        if self.fast and fastllama.supports(model, adapters=True):
             return fastllama.LlamaDecoder(
-                model, rows, capacity, decode_attention=self.decode_attention
+                fastllama.unwrapped(model), rows, capacity, decode_attention=self.decode_attention
             )
         return HFCacheDecoder(model)
 

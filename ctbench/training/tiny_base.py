@@ -51,6 +51,7 @@ from ctbench.tracks.resources import cache_dir
 from ctbench.tracks.taskdata import Item
 from ctbench.tracks.tokenizer import build_char_tokenizer
 from ctbench.tracks.track import PretrainSpec, Track
+from ctbench.training.adapters import check_target_modules
 from ctbench.training.rollout import HFRollout
 
 BASE_RECIPE_VERSION = 1
@@ -202,6 +203,12 @@ def check_base_buildable(track: Track) -> None:
     chat-format task on a tokenizer without a chat template is refused now."""
     if track.spec.model.source is not None:
         prepared = prepared_source(track)
+        if track.spec.model.lora is not None:
+            check_target_modules(
+                prepared.folder,
+                track.spec.model.lora,
+                where=f"{track.spec.file}: model.lora.target_modules",
+            )
         if any(task.spec.chat for task in track.tasks.values()):
             from transformers import AutoTokenizer
 
@@ -360,6 +367,12 @@ def load_base(
     model source: its portable description and ``weights_sha256``)."""
     if track.spec.model.source is not None:
         prepared = prepared_source(track)
+        if track.spec.model.lora is not None:
+            check_target_modules(
+                prepared.folder,
+                track.spec.model.lora,
+                where=f"{track.spec.file}: model.lora.target_modules",
+            )
         model, tokenizer = load_prepared(prepared)
         report = {
             "source": portable_source(prepared.source, Path(track.spec.file).parent),
