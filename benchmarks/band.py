@@ -21,7 +21,10 @@ from ctbench.tracks.track import load_track
 @click.option("--track", default="tiny")
 @click.option("--seeds", default="0", help="Comma-separated RL seeds.")
 @click.option(
-    "--steps", type=int, default=None, help="RL steps (default: the track's per-task budget)."
+    "--steps",
+    type=int,
+    default=None,
+    help="RL steps (default: the track's per-task budget; 0: base scores only).",
 )
 def main(track: str, seeds: str, steps: int | None) -> None:
     started = time.perf_counter()
@@ -31,7 +34,7 @@ def main(track: str, seeds: str, steps: int | None) -> None:
         "track": track,
         "track_hash": the_track.content_hash(),
         "band": {"low": BAND_LOW, "high": BAND_HIGH, "min_gain": MIN_GAIN},
-        "steps": steps or the_track.spec.steps_per_task,
+        "steps": the_track.spec.steps_per_task if steps is None else steps,
         "tasks": [r.to_json() for r in rows],
         "all_in_band": all(r.in_band for r in rows),
         "wall_s": time.perf_counter() - started,

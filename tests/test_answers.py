@@ -12,6 +12,7 @@ from ctbench.tracks.answers import (
     choice_index,
     code_block,
     extract_answer,
+    function_block,
     last_number,
     normalize_number,
 )
@@ -166,7 +167,48 @@ def test_code_block_none(text: str) -> None:
 
 
 def test_extract_answer_dispatches_by_rule_name() -> None:
-    assert set(ANSWER_RULES) == {"last_number", "boxed", "after_hashes", "choice", "code_block"}
+    assert set(ANSWER_RULES) == {
+        "last_number",
+        "boxed",
+        "after_hashes",
+        "choice",
+        "code_block",
+        "function_block",
+    }
     assert extract_answer("last_number", "so 4") == "4"
     assert extract_answer("choice", "B", options=OPTIONS) == "B"
     assert extract_answer("boxed", "none here") is None
+
+
+FUNCTION = "def larger(a, b):\n    return max(a, b)\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # The function, then an example-usage block: the function is graded, not the prints.
+        (f"```python\n{FUNCTION}```\nExample:\n```python\nprint(larger(1, 2))\n```", FUNCTION),
+        # Two defining blocks: the last one (a corrected version).
+        (f"```python\ndef larger(a, b):\n    return a\n```\nFixed:\n```py\n{FUNCTION}```",
+         FUNCTION),
+        # A tagged block without a def loses to an untagged one with a def.
+        (f"```python\nx = 1\n```\n```\n{FUNCTION}```", FUNCTION),
+        ("```python\n    async def fetch(x):\n        return x\n```",
+         "    async def fetch(x):\n        return x\n"),
+    ],
+)  # fmt: skip
+def test_function_block(text: str, expected: str) -> None:
+    assert function_block(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```python\nprint(larger(1, 2))\n```",  # calls, defines nothing
+        f"```python\n{FUNCTION}",  # never closed: cut off
+        "def larger(a, b): return a",  # no fence at all
+        "the word define( is not a def",
+    ],
+)
+def test_function_block_none(text: str) -> None:
+    assert function_block(text) is None

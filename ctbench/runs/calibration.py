@@ -15,7 +15,9 @@ from typing import Any
 from ctbench.runs.config import derived_seed
 from ctbench.runs.evaluate import Evaluator
 from ctbench.scoring.rewards import build_reward, chance_level
+from ctbench.tracks.chat import PromptFormat
 from ctbench.tracks.track import Track
+from ctbench.training.adapters import add_adapters
 from ctbench.training.compute import ComputeMeter
 from ctbench.training.engine import Engine
 from ctbench.training.rollout import HFRollout
@@ -34,10 +36,20 @@ class BandRow:
     after_token_entropy: list[float]
     base_sequence_entropy: float
     after_sequence_entropy: list[float]
+    base_raw: float = 0.0  # the base score before chance normalisation
+    base_stderr: float = 0.0
+    base_n: int = 0
+    base_format_failures: int | None = None
 
     @property
     def gain(self) -> float:
+        if not self.after_rl:  # the base half only (no RL measured)
+            return float("nan")
         return sum(self.after_rl) / len(self.after_rl) - self.base
+
+    @property
+    def base_in_band(self) -> bool:
+        return BAND_LOW <= self.base <= BAND_HIGH
 
     @property
     def in_band(self) -> bool:
@@ -48,8 +60,13 @@ class BandRow:
             "task": self.task,
             "chance": self.chance,
             "base_normalised": self.base,
+            "base_raw": self.base_raw,
+            "base_stderr": self.base_stderr,
+            "base_n": self.base_n,
+            "base_format_failures": self.base_format_failures,
             "after_rl_normalised": self.after_rl,
-            "gain": self.gain,
+            "gain": self.gain if self.after_rl else None,
+            "base_in_band": self.base_in_band,
             "in_band": self.in_band,
             "token_entropy": {
                 "base": self.base_token_entropy,
@@ -65,7 +82,7 @@ class BandRow:
 def measure_band(track: Track, seeds: list[int], steps: int | None = None) -> list[BandRow]:
     """Base scores, and the gain of a single-task RL stage per task and seed."""
     base_model, tokenizer, _ = load_base(track)
-    steps = steps or track.spec.steps_per_task
+    steps = track.spec.steps_per_task if steps is None else steps
     rewards = {n: build_reward(t) for n, t in track.tasks.items()}
     rollout = HFRollout(tokenizer)
     meter = ComputeMeter()
@@ -76,14 +93,17 @@ def measure_band(track: Track, seeds: list[int], steps: int | None = None) -> li
         meter,
         entropy_prompts=track.spec.eval.entropy_prompts,
         entropy_samples=track.spec.eval.entropy_samples,
+        prompt_text=PromptFormat(tokenizer, track.tasks).text,
     )
     base_eval = evaluator.evaluate(base_model, derived_seed(0, 0, 1))
     rows = []
     for task_index, (name, task) in enumerate(track.tasks.items()):
         chance = chance_level(task)
         after, token_h, seq_h = [], [], []
-        for seed in seeds:
+        for seed in seeds if steps > 0 else []:  # steps 0: the base half of the band only
             model = copy.deepcopy(base_model)
+            if track.spec.model.lora is not None:  # as a run's first stage would
+                model = add_adapters(model, track.spec.model.lora, derived_seed(seed, 1, 3))
             engine = Engine(
                 model,
                 tokenizer,
@@ -93,6 +113,7 @@ def measure_band(track: Track, seeds: list[int], steps: int | None = None) -> li
                 rl=track.spec.rl,
                 sft=track.spec.sft,
                 meter=meter,
+                memory=track.spec.memory,
             )
             engine.train_stage({name: 1.0}, "rl", steps, derived_seed(seed, 1, task_index))
             result = evaluator.evaluate_task(model, task, derived_seed(seed, 1, 1))
@@ -109,6 +130,10 @@ def measure_band(track: Track, seeds: list[int], steps: int | None = None) -> li
                 after_token_entropy=token_h,
                 base_sequence_entropy=base_eval[name].sequence_entropy,
                 after_sequence_entropy=seq_h,
+                base_raw=base_eval[name].score,
+                base_stderr=base_eval[name].stderr,
+                base_n=base_eval[name].n,
+                base_format_failures=base_eval[name].format_failures,
             )
         )
     return rows

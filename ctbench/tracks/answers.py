@@ -148,12 +148,9 @@ def choice_index(letter: str | None) -> int | None:
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
 
-def code_block(text: str, language: str = "python") -> str | None:
-    """The last complete fenced code block in ``language`` (``python`` also accepts ``py``),
-    else the last complete block with no language tag; None when there is neither, the
-    block is empty, or the fence is never closed (the program was cut off).
-
-    Why the last: a model often shows an example first and its final program last."""
+def _blocks(text: str, language: str) -> tuple[list[str], list[str]]:
+    """Bodies of the complete fenced blocks tagged ``language`` (``python`` also accepts
+    ``py``/``python3``) and of those with no tag, in order."""
     wanted = {language.lower()} | ({"py", "python3"} if language.lower() == "python" else set())
     tagged: list[str] = []
     untagged: list[str] = []
@@ -162,9 +159,36 @@ def code_block(text: str, language: str = "python") -> str | None:
             tagged.append(body)
         elif not tag:
             untagged.append(body)
-    for bodies in (tagged, untagged):
+    return tagged, untagged
+
+
+def code_block(text: str, language: str = "python") -> str | None:
+    """The last complete fenced code block in ``language`` (``python`` also accepts ``py``),
+    else the last complete block with no language tag; None when there is neither, the
+    block is empty, or the fence is never closed (the program was cut off).
+
+    Why the last: a model often shows an example first and its final program last."""
+    for bodies in _blocks(text, language):
         if bodies and bodies[-1].strip():
             return bodies[-1].strip("\n").rstrip() + "\n"
+    return None
+
+
+_DEF = re.compile(r"^\s*(?:async\s+)?def\s+\w+\s*\(", re.MULTILINE)
+
+
+def function_block(text: str, language: str = "python") -> str | None:
+    """The last complete code block (ranked as :func:`code_block` ranks them) that defines
+    a function; None when no block does.
+
+    Why not simply the last block: asked for a function, a chat model often writes it and
+    then an "Example usage" block of calls and prints (SmolLM2-135M-Instruct does, see the
+    README's smol band); graded alone, that block defines nothing and fails every hidden
+    test. Hidden tests call a function, so the program to grade is a block that defines one."""
+    for bodies in _blocks(text, language):
+        defining = [body for body in bodies if _DEF.search(body)]
+        if defining:
+            return defining[-1].strip("\n").rstrip() + "\n"
     return None
 
 
@@ -176,6 +200,7 @@ ANSWER_RULES: dict[str, Callable[..., str | None]] = {
     "after_hashes": after_hashes,
     "choice": choice,
     "code_block": code_block,
+    "function_block": function_block,
 }
 
 

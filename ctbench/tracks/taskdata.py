@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ctbench.errors import UserError
+
+# Imported for its registrations: the smol track's generators join GENERATORS here, where
+# tasks are looked up, so generators.py needs no import back into its extension.
+from ctbench.tracks import smol_generators  # noqa: F401
 from ctbench.tracks.generators import GENERATORS
 from ctbench.tracks.taskspec import TaskSpec
 
@@ -106,9 +110,7 @@ def _check_jsonl(path: Path, where: str) -> None:
                     f"line {number} of {str(path)!r} is not JSON ({exc.msg})", where=where
                 ) from exc
             if not isinstance(row, dict):
-                raise UserError(
-                    f"line {number} of {str(path)!r} is not a JSON object", where=where
-                )
+                raise UserError(f"line {number} of {str(path)!r} is not a JSON object", where=where)
 
 
 def _records_from_dataset(spec: TaskSpec) -> tuple[list[dict], list[dict]]:

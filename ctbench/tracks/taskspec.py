@@ -25,10 +25,10 @@ JUDGE_TYPES = ("rubric", "embedding")
 # ``reward.extract``: a rule must produce what the reward compares (a number for numeric, an
 # option for choice, a program for code). A judge reads the whole text, so it takes none.
 EXTRACT_RULES: dict[str, tuple[str, ...]] = {
-    "exact": ("last_number", "boxed", "after_hashes", "code_block"),
+    "exact": ("last_number", "boxed", "after_hashes", "code_block", "function_block"),
     "numeric": ("last_number", "boxed", "after_hashes"),
     "choice": ("choice",),
-    "code": ("code_block",),
+    "code": ("code_block", "function_block"),
 }
 Domain = Literal["structured", "open"]
 
@@ -111,7 +111,10 @@ def _check_reward_params(rew: Fields, kind: str, path: Path) -> None:
     elif kind == "choice":
         rew.get("options_field", str, "options")
     elif kind == "code":
-        rew.get("mode", str, "expression", choices=("expression", "program"))
+        # ``tests``: the program defines a function that hidden tests of each item call
+        # (``tests_field``); see ``ctbench.scoring.rewards.CodeExecution``.
+        rew.get("mode", str, "expression", choices=("expression", "program", "tests"))
+        rew.get("tests_field", str, "tests")
         rew.get("pattern", (str, type(None)), None)
         rew.get("digits_field", (str, type(None)), None)
         rew.get("limits", dict, {})
