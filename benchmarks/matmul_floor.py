@@ -33,9 +33,9 @@ from engine import (
     PROMPTS_PER_STEP,
     SEED,
     TRACK,
-    benchmark_task,
     fresh_model,
     machine,
+    tiny_workload,
 )
 from transformers import PreTrainedTokenizerBase
 
@@ -66,7 +66,7 @@ def time_product(shape: Product, repeats: int) -> float:
 
 def prompt_width(track: Track, tokenizer: PreTrainedTokenizerBase, steps: int) -> int:
     """Median padded ``<bos> prompt`` width of the batches the engine benchmark draws."""
-    pool = benchmark_task(track).train
+    pool = track.tasks[tiny_workload(PROMPTS_PER_STEP, GROUP_SIZE, NEW_TOKENS, 0.0, 0.0).task].train
     rng = random.Random(SEED)
     widths = []
     for _ in range(steps):

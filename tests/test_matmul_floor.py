@@ -69,11 +69,16 @@ def test_loading_the_benchmarks_leaves_no_module_behind():
 
 def test_floor_lists_every_matrix_product_of_a_grpo_step(benchmark_modules):
     engine, floor = benchmark_modules
-    from ctbench.tracks.tokenizer import build_char_tokenizer
-    from ctbench.tracks.track import load_track
 
     torch.manual_seed(engine.SEED)
-    side = engine.CtbenchSide(load_track(engine.TRACK), build_char_tokenizer())
+    workload = engine.tiny_workload(
+        engine.PROMPTS_PER_STEP,
+        engine.GROUP_SIZE,
+        engine.NEW_TOKENS,
+        engine.LEARNING_RATE,
+        engine.BETA,
+    )
+    side = engine.CtbenchSide(workload)
     widths: list[int] = []
     generate = side.rollout.inner.generate
 
