@@ -94,24 +94,17 @@ def test_fast_path_takes_smollm2_and_refuses_a_lora_layer(smol) -> None:
     assert not fastllama.supports(adapted)
 
 
-@pytest.mark.parametrize("path", ["matmul", "sdpa", "generic"])
-def test_greedy_decoding_equals_model_generate_on_gqa(smol, path: str) -> None:
-    """8 chat prompts × 24 new tokens: every decoding path (the grouped-query matmul step,
-    SDPA, the model's own forward with a DynamicCache) emits generate's tokens."""
-    model, tokenizer = smol
-    prompts = [render_chat_prompt(tokenizer, q) for q in QUESTIONS]
-    stops = stop_token_ids(tokenizer, model.generation_config)
-    backend = (
-        HFRollout(tokenizer, fast=False)
-        if path == "generic"
-        else HFRollout(tokenizer, decode_attention=path)
-    )
-    rollout = backend.generate(model, prompts, max_new_tokens=24, greedy=True)
+def _decoded_and_generated(
+    rollout, reference_model, tokenizer, prompts: list[str], new_tokens: int = 24
+) -> tuple[list[list[int]], list[list[int]]]:
+    """A greedy rollout's completion ids and ``generate``'s on ``reference_model``, each cut
+    after its first stop token, for token-by-token comparison."""
+    stops = stop_token_ids(tokenizer, reference_model.generation_config)
     ids, mask = encode_prompts(tokenizer, prompts, "cpu")
-    reference = model.generate(
+    reference = reference_model.generate(
         input_ids=ids,
         attention_mask=mask,
-        max_new_tokens=24,
+        max_new_tokens=new_tokens,
         do_sample=False,
         eos_token_id=list(stops),
         pad_token_id=tokenizer.pad_token_id,
@@ -125,6 +118,23 @@ def test_greedy_decoding_equals_model_generate_on_gqa(smol, path: str) -> None:
     for row in reference.tolist():
         end = next((i for i, t in enumerate(row) if t in stops), len(row) - 1)
         expected.append(row[: end + 1])
+    return ours, expected
+
+
+@pytest.mark.parametrize("path", ["matmul", "sdpa", "generic"])
+def test_greedy_decoding_equals_model_generate_on_gqa(smol, path: str) -> None:
+    """8 chat prompts × 24 new tokens: every decoding path (the grouped-query matmul step,
+    SDPA, the model's own forward with a DynamicCache) emits generate's tokens."""
+    model, tokenizer = smol
+    prompts = [render_chat_prompt(tokenizer, q) for q in QUESTIONS]
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    backend = (
+        HFRollout(tokenizer, fast=False)
+        if path == "generic"
+        else HFRollout(tokenizer, decode_attention=path)
+    )
+    rollout = backend.generate(model, prompts, max_new_tokens=24, greedy=True)
+    ours, expected = _decoded_and_generated(rollout, model, tokenizer, prompts)
     assert ours == expected
     assert any(row[-1] in stops for row in ours), "some answer should end its turn"
     assert any(len(row) == 24 for row in ours) or all(row[-1] in stops for row in ours)
@@ -379,25 +389,7 @@ def test_lora_rollouts_decode_on_fused_weights_exactly_as_the_merged_model(smol)
     assert fastllama.supports(adapted, adapters=True) and not fastllama.supports(adapted)
     prompts = [render_chat_prompt(tokenizer, q) for q in QUESTIONS]
     rollout = HFRollout(tokenizer).generate(adapted, prompts, max_new_tokens=24, greedy=True)
-    merged = folded(adapted)
-    ids, mask = encode_prompts(tokenizer, prompts, "cpu")
-    stops = stop_token_ids(tokenizer, model.generation_config)
-    reference = merged.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        max_new_tokens=24,
-        do_sample=False,
-        eos_token_id=list(stops),
-        pad_token_id=tokenizer.pad_token_id,
-    )[:, ids.shape[1] :]
+    ours, expected = _decoded_and_generated(rollout, folded(adapted), tokenizer, prompts)
     plain = HFRollout(tokenizer).generate(model, prompts, max_new_tokens=24, greedy=True)
-    lengths = rollout.completion_mask.sum(-1).long().tolist()
-    ours = [
-        r[:n] for r, n in zip(rollout.sequences[:, ids.shape[1] :].tolist(), lengths, strict=True)
-    ]
-    expected = []
-    for row in reference.tolist():
-        end = next((i for i, t in enumerate(row) if t in stops), len(row) - 1)
-        expected.append(row[: end + 1])
     assert ours == expected
     assert rollout.completions != plain.completions  # the adapters do change the answers
