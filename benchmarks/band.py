@@ -29,7 +29,12 @@ from ctbench.tracks.track import load_track
 def main(track: str, seeds: str, steps: int | None) -> None:
     started = time.perf_counter()
     the_track = load_track(track)
-    rows = measure_band(the_track, [int(s) for s in seeds.split(",")], steps)
+    rows = measure_band(
+        the_track,
+        [int(s) for s in seeds.split(",")],
+        steps,
+        on_row=lambda row: print(json.dumps(row.to_json()), file=sys.stderr, flush=True),
+    )
     report = {
         "track": track,
         "track_hash": the_track.content_hash(),

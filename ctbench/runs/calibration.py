@@ -9,6 +9,7 @@ hopeless task gives RL no reward signal, a saturated one has no room to move or 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,8 +80,15 @@ class BandRow:
         }
 
 
-def measure_band(track: Track, seeds: list[int], steps: int | None = None) -> list[BandRow]:
-    """Base scores, and the gain of a single-task RL stage per task and seed."""
+def measure_band(
+    track: Track,
+    seeds: list[int],
+    steps: int | None = None,
+    on_row: Callable[[BandRow], None] | None = None,
+) -> list[BandRow]:
+    """Base scores, and the gain of a single-task RL stage per task and seed. ``on_row``
+    sees each task's row as soon as it is measured: on a real model on CPU a task's RL
+    stage takes many minutes, and a run cut short should still leave what it measured."""
     base_model, tokenizer, _ = load_base(track)
     steps = track.spec.steps_per_task if steps is None else steps
     rewards = {n: build_reward(t) for n, t in track.tasks.items()}
@@ -136,4 +144,6 @@ def measure_band(track: Track, seeds: list[int], steps: int | None = None) -> li
                 base_format_failures=base_eval[name].format_failures,
             )
         )
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
