@@ -151,12 +151,10 @@ def save_checkpoint(model: torch.nn.Module, folder: Path) -> None:
 def load_checkpoint(folder: Path, base: Path, device: str) -> PreTrainedModel:
     """A checkpoint written by :func:`save_checkpoint`: base + adapters (trainable), or full
     weights. ``base`` is the track's base checkpoint folder."""
-    full = AutoModelForCausalLM.from_pretrained(
-        base if (folder / ADAPTER_CONFIG).exists() else folder, dtype=torch.float32
-    )
-    if folder.resolve() == base.resolve():
+    adapters = (folder / ADAPTER_CONFIG).exists()
+    full = AutoModelForCausalLM.from_pretrained(base if adapters else folder, dtype=torch.float32)
+    if adapters or folder.resolve() == base.resolve():
         mark_track_base(full)
-    if not (folder / ADAPTER_CONFIG).exists():
+    if not adapters:
         return full.to(device)
-    mark_track_base(full)
     return PeftModel.from_pretrained(full, folder, is_trainable=True).to(device)

@@ -152,7 +152,7 @@ class Engine:
         prompt once per group (:func:`fastllama.grouped_completion_logits`: the same
         arithmetic minus the duplicates). Otherwise the model's own forward runs, and only
         positions that predict completion tokens go through the output layer."""
-        if group > 1 and not self.memory.gradient_checkpointing and fastllama.supports(model):
+        if self.grouped_path(model, group):
             logits = fastllama.grouped_completion_logits(
                 model, sequences, attention_mask, start, group
             )
@@ -296,6 +296,12 @@ class Engine:
                     self.model, sequences, attention_mask, start, group
                 )[0]
 
+    def grouped_path(self, model: PreTrainedModel, group: int) -> bool:
+        """Whether training log-probs take fastllama's grouped forward (each group's prompt
+        computed once): plain Llama weights, groups, and no activation checkpointing (which
+        only the model's own modules apply)."""
+        return group > 1 and not self.memory.gradient_checkpointing and fastllama.supports(model)
+
     @property
     def accumulating(self) -> bool:
         """Micro-batch mode: loss terms backward their own parts as they go (gradient
@@ -306,7 +312,7 @@ class Engine:
         """Consecutive row slices of at most ``memory.micro_batch`` rows; whole groups when
         the grouped fast path computes each group's prompt once."""
         size = self.memory.micro_batch
-        if group > 1 and not self.memory.gradient_checkpointing and fastllama.supports(self.model):
+        if self.grouped_path(self.model, group):
             size = max(group, size - size % group)
         return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 

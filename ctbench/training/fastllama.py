@@ -51,8 +51,10 @@ def _weight(module) -> torch.Tensor:
     """The weight a linear computes with: its own, or a LoRA layer's base plus peft's own
     ``get_delta_weight`` (the arithmetic of ``merge_and_unload``, so decoding equals
     ``generate`` on the merged model token for token)."""
-    if type(module) is torch.nn.Linear or module.disable_adapters:
-        return module.weight if type(module) is torch.nn.Linear else module.base_layer.weight
+    if type(module) is torch.nn.Linear:
+        return module.weight
+    if module.disable_adapters:
+        return module.base_layer.weight
     return module.base_layer.weight + module.get_delta_weight(module.active_adapters[0])
 
 
