@@ -1,6 +1,6 @@
 """Measure the band of a track: base score, chance level and single-task RL gain per task.
 
-    python benchmarks/band.py [--track tiny] [--seeds 0,1] [--steps N]
+    python benchmarks/band.py [--track tiny] [--seeds 0,1] [--steps N] [--tasks a,b]
 
 Prints JSON (one row per task). The README's band table comes from this script.
 """
@@ -26,13 +26,15 @@ from ctbench.tracks.track import load_track
     default=None,
     help="RL steps (default: the track's per-task budget; 0: base scores only).",
 )
-def main(track: str, seeds: str, steps: int | None) -> None:
+@click.option("--tasks", default=None, help="Comma-separated subset of the track's tasks.")
+def main(track: str, seeds: str, steps: int | None, tasks: str | None) -> None:
     started = time.perf_counter()
     the_track = load_track(track)
     rows = measure_band(
         the_track,
         [int(s) for s in seeds.split(",")],
         steps,
+        task_names=tasks.split(",") if tasks else None,
         on_row=lambda row: print(json.dumps(row.to_json()), file=sys.stderr, flush=True),
     )
     report = {
@@ -40,6 +42,7 @@ def main(track: str, seeds: str, steps: int | None) -> None:
         "track_hash": the_track.content_hash(),
         "band": {"low": BAND_LOW, "high": BAND_HIGH, "min_gain": MIN_GAIN},
         "steps": the_track.spec.steps_per_task if steps is None else steps,
+        "tasks_measured": tasks.split(",") if tasks else list(the_track.tasks),
         "tasks": [r.to_json() for r in rows],
         "all_in_band": all(r.in_band for r in rows),
         "wall_s": time.perf_counter() - started,

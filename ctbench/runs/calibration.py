@@ -85,10 +85,17 @@ def measure_band(
     seeds: list[int],
     steps: int | None = None,
     on_row: Callable[[BandRow], None] | None = None,
+    task_names: list[str] | None = None,
 ) -> list[BandRow]:
     """Base scores, and the gain of a single-task RL stage per task and seed. ``on_row``
     sees each task's row as soon as it is measured: on a real model on CPU a task's RL
-    stage takes many minutes, and a run cut short should still leave what it measured."""
+    stage takes many minutes, and a run cut short should still leave what it measured.
+    ``task_names`` measures a subset (in the track's order), so a long CPU measurement
+    can be split into runs that each fit a quiet window."""
+    if task_names is not None:
+        unknown = sorted(set(task_names) - set(track.tasks))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; the track has {sorted(track.tasks)}")
     base_model, tokenizer, _ = load_base(track)
     steps = track.spec.steps_per_task if steps is None else steps
     rewards = {n: build_reward(t) for n, t in track.tasks.items()}
@@ -106,6 +113,8 @@ def measure_band(
     base_eval = evaluator.evaluate(base_model, derived_seed(0, 0, 1))
     rows = []
     for task_index, (name, task) in enumerate(track.tasks.items()):
+        if task_names is not None and name not in task_names:
+            continue
         chance = chance_level(task)
         after, token_h, seq_h = [], [], []
         for seed in seeds if steps > 0 else []:  # steps 0: the base half of the band only
