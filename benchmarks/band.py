@@ -35,6 +35,18 @@ def main(track: str, seeds: str, steps: int | None, tasks: str | None) -> None:
         [int(s) for s in seeds.split(",")],
         steps,
         task_names=tasks.split(",") if tasks else None,
+        on_step=lambda task, log: print(
+            json.dumps(
+                {
+                    "task": task,
+                    "step": log.step,
+                    "reward": log.reward,
+                    "elapsed_s": round(time.perf_counter() - started, 1),
+                }
+            ),
+            file=sys.stderr,
+            flush=True,
+        ),
         on_row=lambda row: print(json.dumps(row.to_json()), file=sys.stderr, flush=True),
     )
     report = {

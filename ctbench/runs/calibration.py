@@ -9,6 +9,7 @@ hopeless task gives RL no reward signal, a saturated one has no room to move or 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from ctbench.tracks.chat import PromptFormat
 from ctbench.tracks.track import Track
 from ctbench.training.adapters import add_adapters
 from ctbench.training.compute import ComputeMeter
-from ctbench.training.engine import Engine
+from ctbench.training.engine import Engine, StepLog
 from ctbench.training.rollout import HFRollout
 from ctbench.training.tiny_base import load_base, normalised
 
@@ -86,12 +87,14 @@ def measure_band(
     steps: int | None = None,
     on_row: Callable[[BandRow], None] | None = None,
     task_names: list[str] | None = None,
+    on_step: Callable[[str, StepLog], None] | None = None,
 ) -> list[BandRow]:
     """Base scores, and the gain of a single-task RL stage per task and seed. ``on_row``
     sees each task's row as soon as it is measured: on a real model on CPU a task's RL
     stage takes many minutes, and a run cut short should still leave what it measured.
     ``task_names`` measures a subset (in the track's order), so a long CPU measurement
-    can be split into runs that each fit a quiet window."""
+    can be split into runs that each fit a quiet window; ``on_step`` sees every RL step
+    (a real model's stage gives no other sign of progress for most of an hour)."""
     if task_names is not None:
         unknown = sorted(set(task_names) - set(track.tasks))
         if unknown:
@@ -132,7 +135,13 @@ def measure_band(
                 meter=meter,
                 memory=track.spec.memory,
             )
-            engine.train_stage({name: 1.0}, "rl", steps, derived_seed(seed, 1, task_index))
+            engine.train_stage(
+                {name: 1.0},
+                "rl",
+                steps,
+                derived_seed(seed, 1, task_index),
+                on_step=None if on_step is None else functools.partial(on_step, name),
+            )
             result = evaluator.evaluate_task(model, task, derived_seed(seed, 1, 1))
             after.append(normalised(result.score, chance))
             token_h.append(result.token_entropy)
