@@ -8,6 +8,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The fake OpenAI-compatible server's `judge_server` fixture (tests/judge_server.py).
+pytest_plugins = ["judge_server"]
+
 
 @pytest.fixture(scope="session")
 def tiny_track():

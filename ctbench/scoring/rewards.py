@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ctbench.errors import UserError
 from ctbench.scoring.judges import build_judge
+from ctbench.scoring.llm_judge import build_llm_judge
 from ctbench.scoring.sandbox import (
     SandboxLimits,
     require_fence,
@@ -261,7 +262,10 @@ def _build_reward(task: Task) -> Reward:
     if spec.kind == "code":
         return CodeExecution(spec.params, where)
     if spec.kind == "judge":
-        return build_judge(dict(spec.params["judge"]), f"{where}.judge")
+        params = dict(spec.params["judge"])
+        if params.get("type") == "llm":
+            return build_llm_judge(params, f"{where}.judge")
+        return build_judge(params, f"{where}.judge")
     raise UserError(f"unknown reward kind {spec.kind!r}", where=where)
 
 

@@ -21,6 +21,10 @@ class PhaseCompute:
     generated_tokens: int = 0
     trained_tokens: int = 0
     wall_s: float = 0.0
+    # An LLM judge's calls and tokens (prompt + reply): spent by the reward, not the policy,
+    # and zero for rule, rubric and embedding rewards.
+    judge_calls: int = 0
+    judge_tokens: int = 0
 
 
 def total_wall_s(compute: dict[str, dict[str, float]]) -> float:
@@ -33,6 +37,13 @@ class ComputeMeter:
     phases: dict[str, PhaseCompute] = field(
         default_factory=lambda: {p: PhaseCompute() for p in PHASES}
     )
+    # The phases being timed, innermost last: a reward scored inside a training or an
+    # evaluation books its judge calls to that phase without being told which it is.
+    _active: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def active_phase(self) -> str | None:
+        return self._active[-1] if self._active else None
 
     def book(self, phase: str, **amounts: float) -> None:
         entry = self.phases[phase]
@@ -42,9 +53,11 @@ class ComputeMeter:
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
+        self._active.append(phase)
         try:
             yield
         finally:
+            self._active.pop()
             self.phases[phase].wall_s += time.perf_counter() - start
 
     def to_json(self) -> dict[str, dict[str, float]]:
