@@ -532,6 +532,66 @@ def report(paths: tuple[Path, ...]) -> None:
             click.echo(str(written))
 
 
+@cli.command("eval-general")
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option(
+    "--tasks",
+    default="arc_easy",
+    show_default=True,
+    help="Comma-separated lm-eval task names (registry names, or tasks under --include-path).",
+)
+@click.option(
+    "--include-path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A folder of lm-eval task YAML files (e.g. tasks reading a local JSON-lines file).",
+)
+@click.option("--limit", type=int, default=None, help="At most N examples per task.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+def eval_general(
+    run_dir: Path,
+    tasks: str,
+    include_path: Path | None,
+    limit: int | None,
+    batch_size: int,
+    device: str,
+) -> None:
+    """Score a finished run's base and final model with lm-eval; write RUN/general_eval.json.
+
+    Needs the eval extra: pip install 'ctbench[eval]'."""
+    from ctbench.runs.general_eval import evaluate_general, parse_tasks
+
+    path, summary = evaluate_general(
+        run_dir,
+        parse_tasks(tasks),
+        include_path=include_path,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        note=lambda message: console.print(escape(message), highlight=False),
+    )
+    table = Table(title=f"general ability (lm-eval {summary['lm_eval_version']}): {run_dir.name}")
+    for column in ("task", "n", "metric", "base", "final", "Δ final − base"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+
+    def fmt(value: float | None, sign: str = "") -> str:
+        return "n/a" if value is None else f"{value:{sign}.4f}"
+
+    for name, info in summary["tasks"].items():
+        for metric, base_value in summary["base"][name].items():
+            table.add_row(
+                name,
+                str(info.get("n", "")),
+                metric,
+                fmt(base_value),
+                fmt(summary["final"][name][metric]),
+                fmt(summary["delta"][name][metric], "+"),
+            )
+    Console().print(table)
+    click.echo(str(path))
+
+
 @cli.command()
 @click.option("--strategies", default="all", show_default=True, help="'all' (the six) or a,b,c.")
 @click.option("--seeds", default="0,1,2", show_default=True)
@@ -695,6 +755,47 @@ def leaderboard_render(track: str, folder: Path) -> None:
     write_text_atomic(folder / f"{track}.html", render_html(board))
     click.echo(str(folder / f"{track}.md"))
     click.echo(str(folder / f"{track}.html"))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--track",
+    default=None,
+    help="Refuse runs of any other track (default: the runs' own; they must share one hash).",
+)
+@click.option("--out", default="leaderboards", show_default=True, type=click.Path(path_type=Path))
+def findings(runs: tuple[Path, ...], track: str | None, out: Path) -> None:
+    """Test the papers' claims on finished runs: effect, 95% CI and verdict per claim.
+
+    RUNS are run folders, folders of them, submission bundles, validate-prediction folders,
+    or result.json / validation.json files. Writes <out>/<track>-findings.md, .json and
+    .html; the verdict rule is fixed in ctbench.results.findings (see the README)."""
+    from ctbench.results.findings import (
+        build_findings,
+        effect_text,
+        load_inputs,
+        write_findings,
+    )
+
+    report = build_findings(load_inputs(runs, track))
+    paths = write_findings(report, out)
+    table = Table(
+        title=f"findings: track {report['track']['name']} ({report['n_runs']} runs; "
+        "effect [95% bootstrap CI])"
+    )
+    for column in ("claim", "effect", "seeds/runs", "verdict"):
+        table.add_column(column)
+    for claim in report["claims"]:
+        shown = claim["verdict"] if claim["verdict"] != "skipped" else f"skipped: {claim['reason']}"
+        table.add_row(
+            f"{claim['id']} {claim['claim']}", effect_text(claim), claim["seeds_runs"], shown
+        )
+    Console(width=160).print(table)
+    for warning in report["warnings"]:
+        console.print(f"warning: {escape(warning)}", highlight=False)
+    for path in (paths["md"], paths["json"], paths["html"]):
+        click.echo(str(path))
 
 
 @cli.command()

@@ -64,11 +64,15 @@ def create_bundle(
     runs_dir = bundle / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     run_dirs = []
+    # The final model stays home: the leaderboard re-checks results, not weights (a full
+    # fine-tune of the smol model is 540 MB per seed).
     for (_, seed), cell in sorted(cells.items(), key=lambda kv: kv[0][1]):
         target = runs_dir / f"{safe}-s{seed}"
         if not target.exists():
             shutil.copytree(
-                cell, target, ignore=shutil.ignore_patterns("checkpoints", "state.json")
+                cell,
+                target,
+                ignore=shutil.ignore_patterns("checkpoints", "state.json", "final-model"),
             )
         run_dirs.append(target)
     strategy_dir = bundle / "strategy"

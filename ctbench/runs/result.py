@@ -87,9 +87,12 @@ def build_result(
     device: str,
     engine_config: dict[str, Any],
     samples_dir: Path | None = None,
+    final_model: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The result.json of a finished run; ``samples_dir`` (the run folder holding
-    ``samples/``) adds sample-level forgetting, computed from the per-item scores."""
+    ``samples/``) adds sample-level forgetting, computed from the per-item scores.
+    ``final_model`` is where the run kept its main line's final model (``{"path",
+    "kind": "adapters" | "full"}``), None when that model is the base."""
     names = list(track.tasks)
     rows = state["rows"]
     items = [entry["item"] for entry in state["items"]]
@@ -163,6 +166,9 @@ def build_result(
                 "eval_size": len(t.eval),
                 "reward_kind": t.spec.reward.kind,
                 **reward_info(t),
+                # Dataset rows a transform rejected (e.g. MBPP asserts that are not
+                # `call == literal`); absent when none were, so older hashes hold.
+                **({"dropped_rows": t.dropped} if t.dropped else {}),
                 "version": t.spec.version,
                 "hash": t.content_hash(),
             }
@@ -194,12 +200,16 @@ def build_result(
             "distinct_ratio": [_cells(rows[i], names, "distinct_ratio") for i in main_rows],
         },
         **item_block,
+        # LLM judges only (calls, cache hits, tokens, unparseable and inconsistent verdicts):
+        # results scored by rules carry no such key, so their hashes are unchanged.
+        **({"judges": state["judges"]} if state.get("judges") else {}),
         "compute": meter.to_json(),
         "base": {
             k: base_report.get(k)
             for k in ("steps", "final_dev", "source", "weights_sha256")
             if k in base_report
         },
+        "final_model": final_model,
         "env": environment(device),
         "timestamps": {
             "started": state["started"],

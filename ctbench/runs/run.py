@@ -10,7 +10,8 @@ uninterrupted one on the same CPU.
 Checkpoints live in ``checkpoints/<index>-<name>`` and are never overwritten: state.json
 names the main line's current checkpoint and every kept branch, so a crash between writing
 a checkpoint and writing the state leaves an orphan folder (removed on resume), never a
-checkpoint that is ahead of the state.
+checkpoint that is ahead of the state. When the run ends, the main line's last checkpoint
+is copied to ``final-model/`` (what ``ctbench eval-general`` scores) and checkpoints/ goes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from ctbench.errors import UserError
 from ctbench.runs.config import RunConfig, derived_seed, resolve_device
 from ctbench.runs.evaluate import Evaluator, TaskEvaluation
 from ctbench.runs.result import SCHEMA_VERSION, build_result
+from ctbench.scoring.judge_backends import JudgeUnavailable
+from ctbench.scoring.llm_judge import JUDGE_CACHE, LLMJudge, llm_judges
 from ctbench.scoring.rewards import build_reward, chance_level
 from ctbench.strategies.plugins import resolve_strategy
 from ctbench.strategy import (
@@ -56,7 +59,10 @@ from ctbench.training.merging import merge_checkpoints
 from ctbench.training.rollout import HFRollout
 from ctbench.training.tiny_base import check_base_buildable, ensure_base_checkpoint, load_base
 
-__all__ = ["SCHEMA_VERSION", "Run", "RunObserver", "SilentObserver"]
+__all__ = ["FINAL_MODEL", "SCHEMA_VERSION", "Run", "RunObserver", "SilentObserver"]
+
+# The main line's final model, kept when the run ends (checkpoints/ is removed).
+FINAL_MODEL = "final-model"
 
 
 class RunObserver(Protocol):
@@ -103,6 +109,7 @@ class Run:
 
     def __init__(self, run_dir: Path, config: RunConfig, observer: RunObserver) -> None:
         self.dir = run_dir
+        self.judges: dict[str, LLMJudge] = {}  # the tasks scored by an LLM judge
         self.config = config
         self.observer = observer
         self.resolved = resolve_strategy(config.strategy)
@@ -168,6 +175,13 @@ class Run:
             return json.loads((self.dir / "result.json").read_text())
         try:
             return self._execute()
+        except JudgeUnavailable as exc:
+            raise JudgeUnavailable(
+                f"{exc.message} — the run folder keeps its finished items and every verdict "
+                f"so far ({JUDGE_CACHE}); once the judge answers, "
+                f"`ctbench run --resume {self.dir}`",
+                where=exc.where,
+            ) from exc
         except StrategyFailed as exc:
             done = self._abandon_if_nothing_trained()
             if not done:
@@ -216,6 +230,11 @@ class Run:
         meter = ComputeMeter.from_json(state["meter"])
         tasks = self.track.tasks
         rewards = {name: build_reward(task) for name, task in tasks.items()}
+        self.judges = llm_judges(rewards)
+        for name, judge in self.judges.items():
+            judge.bind(meter=meter, cache_path=self.dir / JUDGE_CACHE)
+            if name in state.get("judges", {}):
+                judge.restore_stats(state["judges"][name])
         rollout = HFRollout(tokenizer)
         spec = self.track.spec
         engine = Engine(
@@ -312,6 +331,7 @@ class Run:
             ctx.evaluations.append(_scores(state["rows"][index]))
             ctx.entropies.append(_entropies(state["rows"][index]))
         self._check_report(ctx.report)
+        final_model = self._keep_final_model(state)
         result = build_result(
             run_id=self.dir.name,
             config=self.config,
@@ -326,10 +346,36 @@ class Run:
             device=self.device,
             engine_config=engine.config_json(),
             samples_dir=self.dir,
+            final_model=final_model,
         )
         write_json_atomic(self.dir / "result.json", result)
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         return result
+
+    def _keep_final_model(self, state: dict[str, Any]) -> dict[str, str] | None:
+        """Copy the main line's last checkpoint to ``final-model/`` (checkpoints/ goes when
+        the run ends): staged, then renamed over any earlier copy, so a resume after a crash
+        between this copy and result.json redoes it cleanly. None: no main-line item trained
+        or merged anything, so the final model is the base."""
+        for stale in self.dir.glob(".final-model-*"):  # a copy killed half way
+            shutil.rmtree(stale, ignore_errors=True)
+        if state["main"] is None:
+            shutil.rmtree(self.dir / FINAL_MODEL, ignore_errors=True)
+            return None
+        source = self.dir / state["main"]
+        staging = Path(tempfile.mkdtemp(prefix=".final-model-", dir=self.dir))
+        try:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+            old = self.dir / f".final-model-old-{os.urandom(4).hex()}"
+            if (self.dir / FINAL_MODEL).exists():  # os.replace cannot replace a non-empty dir
+                os.rename(self.dir / FINAL_MODEL, old)
+            os.rename(staging, self.dir / FINAL_MODEL)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        kind = "adapters" if (source / adapters.ADAPTER_CONFIG).exists() else "full"
+        return {"path": FINAL_MODEL, "kind": kind}
 
     def _check_report(self, report: dict[str, Any]) -> None:
         """``ctx.report`` goes into result.json: refuse what JSON cannot hold now, not after
@@ -553,6 +599,8 @@ class Run:
             state["items"].append({"item": item.to_json(), "trace": _trace(logs)})
         state["rows"].append({name: e.summary() for name, e in row.items()})
         state["meter"] = meter.to_json()
+        if self.judges:
+            state["judges"] = {n: j.stats_json() for n, j in self.judges.items()}
         write_json_atomic(self.state_path, state)
         if previous_main is not None and previous_main != state["main"]:
             shutil.rmtree(self.dir / previous_main, ignore_errors=True)
