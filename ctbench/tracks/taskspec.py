@@ -18,9 +18,10 @@ from typing import Any, Literal
 from ctbench.common.yamlspec import Fields, load_yaml_mapping
 from ctbench.errors import UserError
 from ctbench.tracks.resources import tasks_dir
+from ctbench.tracks.transforms import parse_transforms
 
 REWARD_KINDS = ("exact", "numeric", "choice", "code", "judge")
-JUDGE_TYPES = ("rubric", "embedding")
+JUDGE_TYPES = ("rubric", "embedding", "llm")
 # The answer extraction rules (``ctbench.tracks.answers``) each reward kind accepts as
 # ``reward.extract``: a rule must produce what the reward compares (a number for numeric, an
 # option for choice, a program for code). A judge reads the whole text, so it takes none.
@@ -45,6 +46,11 @@ class SourceSpec:
     train_split: str = "train"
     eval_split: str = "test"
     columns: dict[str, str] = field(default_factory=dict)
+    # A hub dataset's commit (``datasets.load_dataset(revision=...)``); None: its main branch.
+    revision: str | None = None
+    # New field -> transform spec, validated at parse time (``ctbench.tracks.transforms``);
+    # kept as written so the task hash covers it.
+    transforms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,13 +90,17 @@ class TaskSpec:
     def content_hash(self) -> str:
         """Hash of everything that defines the task (not where its file happens to live).
 
-        The chat keys enter only when set: a plain-text task hashes exactly as it did before
-        they existed, so the published tiny-track hashes stay valid."""
+        The chat keys, a dataset's revision and its transforms enter only when set: a task
+        without them hashes exactly as it did before they existed, so the published
+        tiny-track hashes stay valid."""
         payload = {k: v for k, v in asdict(self).items() if k != "file"}
         if not payload["chat"]:
             del payload["chat"]
         if payload["system_prompt"] is None:
             del payload["system_prompt"]
+        for key, unset in (("revision", None), ("transforms", {})):
+            if payload["source"][key] == unset:
+                del payload["source"][key]
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -154,10 +164,21 @@ def parse_task_spec(path: Path) -> TaskSpec:
         train_split=src.get("train_split", str, "train"),
         eval_split=src.get("eval_split", str, "test"),
         columns=src.get("columns", dict, {}),
+        revision=src.get("revision", (str, type(None)), None),
+        transforms=src.get("transforms", dict, {}),
     )
     chosen = [k for k in ("generator", "dataset", "path") if getattr(source, k)]
     if len(chosen) != 1:
         raise src.error("", "expected exactly one of generator, dataset or path")
+    if source.revision is not None:
+        if source.dataset is None:
+            raise src.error("revision", "a revision applies only to a hub dataset (dataset: ...)")
+        if not source.revision.strip():
+            raise src.error("revision", "expected a commit, branch or tag, got an empty string")
+    if source.transforms:
+        if source.generator is not None:
+            raise src.error("transforms", "transforms apply to dataset rows, not a generator")
+        parse_transforms(src.sub("transforms"))  # validated now; applied by load_task
     src.finish()
 
     rew = top.sub("reward")
