@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import one_line, run_cli
 
-from ctbench import cli as ctbench_cli
 from ctbench.tracks.resources import data_root
 
 REPO_TASKS = data_root() / "tasks"
@@ -26,17 +26,8 @@ REPO_TASKS = data_root() / "tasks"
 
 def ctb(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run ``ctbench ARGS`` in this process; (exit code, stdout, stderr as one line)."""
-    argv = sys.argv
-    sys.argv = ["ctbench", *args]
-    try:
-        ctbench_cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, " ".join(captured.err.split())
+    code, out, err = run_cli(capsys, *args)
+    return code, out, one_line(err)
 
 
 def assert_clean_error(code: int, err: str, *fragments: str) -> None:

@@ -9,7 +9,6 @@ out again here, independently of the code, and every findings JSON is checked ag
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from itertools import permutations
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_runner import run_cli as ctb
 from scipy import stats
 
-from ctbench import cli as ctbench_cli
 from ctbench.results.findings import build_findings, load_inputs
 from ctbench.runs.result import result_content_hash
 
@@ -406,21 +405,6 @@ def test_c4_reads_validate_prediction_folders(tmp_path):
 
 
 # --------------------------------------------------------------------------------- CLI
-
-
-def ctb(capsys, *args: str) -> tuple[int, str, str]:
-    """``ctbench ARGS`` in this process: (exit code, stdout, stderr)."""
-    argv = sys.argv
-    sys.argv = ["ctbench", *args]
-    try:
-        ctbench_cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def full_runs() -> list[dict[str, Any]]:

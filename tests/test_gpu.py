@@ -170,3 +170,59 @@ def test_bf16_autocast_keeps_fp32_master_weights():
     finally:
         handle.remove()
     assert seen == [torch.bfloat16, torch.float32]  # matmuls in bf16 only under autocast
+
+
+# ---------------------------------------------------------------- the Qwen2.5 track on CUDA
+def _qwen_track(root):
+    """qwen2.5-0.5b cut to GSM8K and ARC-Challenge with small sizes; skips, saying why, where
+    the model or the datasets cannot be had (they come from the Hugging Face Hub)."""
+    import re
+
+    from ctbench.errors import UserError
+    from ctbench.tracks.resources import tasks_dir
+    from ctbench.tracks.track import load_track
+
+    tasks = root / "tasks"
+    (tasks / "tracks").mkdir(parents=True)
+    for name in ("qwen-gsm8k", "qwen-arc"):
+        text = (tasks_dir() / f"{name}.yaml").read_text()
+        text = re.sub(r"^  size: \d+$", "  size: 16", text, flags=re.M)
+        text = re.sub(r"^max_new_tokens: \d+$", "max_new_tokens: 128", text, flags=re.M)
+        (tasks / f"{name}.yaml").write_text(text)
+    track = (tasks_dir() / "tracks" / "qwen2.5-0.5b.yaml").read_text()
+    track = re.sub(r"^tasks: .*$", "tasks: [qwen-gsm8k, qwen-arc]", track, flags=re.M)
+    track = re.sub(r"^  prompts_per_step: \d+$", "  prompts_per_step: 4", track, flags=re.M)
+    track = re.sub(r"^  entropy_prompts: \d+$", "  entropy_prompts: 4", track, flags=re.M)
+    path = tasks / "tracks" / "qwen-gpu.yaml"
+    path.write_text(track)
+    try:
+        load_track(str(path))
+    except UserError as exc:
+        pytest.skip(f"the Qwen track's data cannot be loaded here: {exc}")
+    return path
+
+
+def test_qwen_lora_bf16_run_on_gpu(tmp_path):
+    """Qwen2.5-0.5B-Instruct with LoRA in bf16 on CUDA: a short joint run on real GSM8K and
+    ARC-Challenge items; the result records the settings and every score is a probability."""
+    from ctbench.errors import UserError
+    from ctbench.runs.config import RunConfig
+    from ctbench.runs.run import Run, SilentObserver
+    from ctbench.tracks.model_source import prepare_model
+    from ctbench.tracks.track import load_track
+
+    track = _qwen_track(tmp_path)
+    try:  # the model is not in the Hugging Face cache and the hub is out of reach
+        prepare_model(load_track(str(track)).spec.model.source)
+    except UserError as exc:
+        pytest.skip(f"Qwen2.5-0.5B-Instruct cannot be loaded here: {exc}")
+    result = Run.create(
+        RunConfig(track=str(track), strategy="joint", seed=0, budget=2, device="cuda"),
+        tmp_path / "run",
+        SilentObserver(),
+    ).execute()
+    assert result["env"]["device"] == "cuda"
+    assert result["engine"]["memory"]["precision"] == "bf16"
+    assert result["engine"]["parameters"]["trainable"] < 20_000_000
+    assert all(0.0 <= s <= 1.0 for row in result["matrix"]["R"] for s in row)
+    assert result["final_model"] == {"path": "final-model", "kind": "adapters"}

@@ -90,9 +90,10 @@ def test_endpoint_judge_through_a_run_that_survives_an_outage(tmp_path: Path) ->
         healthy_requests = len(server.chat_requests())
         assert healthy_requests > 0
 
-        # The same run again, the endpoint failing for good half way through.
+        # The same run again, the endpoint failing for good near the end (the final
+        # evaluation), after the base evaluation's and the training step's verdicts.
         served = {"n": 0}
-        healthy_part = healthy_requests // 2
+        healthy_part = healthy_requests - 4
 
         def failing_half_way(body: dict[str, Any]) -> Any:
             served["n"] += 1
@@ -108,7 +109,7 @@ def test_endpoint_judge_through_a_run_that_survives_an_outage(tmp_path: Path) ->
         assert not (run.dir / "result.json").exists()
         with sqlite3.connect(run.dir / "judge-cache.sqlite") as db:
             kept = db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
-        assert kept > 0  # every batch answered before the outage is stored
+        assert kept > 0  # every chunk of ASK_CHUNK answered before the outage is stored
 
         server.default = shorter_wins
         before_resume = len(server.chat_requests())
@@ -131,7 +132,9 @@ def test_endpoint_judge_through_a_run_that_survives_an_outage(tmp_path: Path) ->
     assert stats["cached"] > 0 and stats["calls"] > 0
     assert healthy["judges"]["smol-creative"]["unparseable"] == 0
     compute = healthy["compute"]
-    assert compute["train"]["judge_calls"] > 0 and compute["eval"]["judge_calls"] > 0
+    # Every call is booked to the phase that made it (a one-step joint stage may draw no
+    # creative prompt, so training's share can be 0; evaluation always judges creative).
+    assert compute["eval"]["judge_calls"] > 0
     assert compute["train"]["judge_calls"] + compute["eval"]["judge_calls"] == healthy_requests
     assert healthy["judges"]["smol-creative"]["calls"] == healthy_requests
     assert "judges" not in json.loads(json.dumps(healthy["task_info"]))

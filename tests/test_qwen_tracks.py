@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cli_runner import one_line, run_cli
 
-from ctbench import cli as ctbench_cli
 from ctbench.scoring.rewards import ExtractedAnswer, build_reward, chance_level
 from ctbench.scoring.sandbox import fence_facts, sandbox_level
 from ctbench.tracks.resources import data_root
@@ -354,16 +353,8 @@ def test_track_files_parse_without_a_model(track: str, size: str) -> None:
 
 def ctb(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """``ctbench ARGS`` in this process: (exit code, stderr as one line)."""
-    argv = sys.argv
-    sys.argv = ["ctbench", *args]
-    try:
-        ctbench_cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return code, " ".join(capsys.readouterr().err.split())
+    code, _, err = run_cli(capsys, *args)
+    return code, one_line(err)
 
 
 @pytest.fixture()

@@ -482,6 +482,32 @@ def _claim(
     return {"id": claim_id, "claim": title, "test": test, "paper": paper, **rest}
 
 
+def _measured(
+    claim_id: str,
+    title: str,
+    test: str,
+    paper: dict[str, str],
+    *,
+    estimate: float | None,
+    ci: tuple[float | None, float | None],
+    enough: bool,
+    **rest: Any,
+) -> dict[str, Any]:
+    """A claim with its effect and the verdict the rule gives it (decided here, and only by
+    :func:`verdict`)."""
+    lo, hi = ci
+    return _claim(
+        claim_id,
+        title,
+        test,
+        paper,
+        effect={"estimate": estimate, "ci_low": lo, "ci_high": hi},
+        enough=enough,
+        verdict=verdict(lo, hi, enough),
+        **rest,
+    )
+
+
 def _skipped(
     claim_id: str, title: str, test: str, paper: dict[str, str], reason: str = NO_RUNS
 ) -> dict[str, Any]:
@@ -600,14 +626,14 @@ def claim_order_matters(runs: Sequence[RunRecord]) -> dict[str, Any]:
             lo, hi, _ = _percentile(_spread(draws) - null_mean)
     used_runs = [r for o in orders for r in used[o]]
     left_out = [r for o, rs in groups.items() if o not in used for r in rs]
-    return _claim(
+    return _measured(
         "C1",
         title,
         test,
         paper,
-        effect={"estimate": estimate, "ci_low": lo, "ci_high": hi},
+        estimate=estimate,
+        ci=(lo, hi),
         enough=enough,
-        verdict=verdict(lo, hi, enough),
         n_runs=len(used_runs),
         seeds_runs=f"{_count(len(orders), 'order')}, {_count(len(used_runs), 'run')} "
         f"({'/'.join(str(len(used[o])) for o in orders)} per order)",
@@ -679,14 +705,14 @@ def claim_difference(
         if paired
         else "unpaired; Welch's t (Welch–Satterthwaite df)"
     )
-    return _claim(
+    return _measured(
         claim_id,
         title,
         test,
         paper,
-        effect={"estimate": estimate, "ci_low": lo, "ci_high": hi},
+        estimate=estimate,
+        ci=(lo, hi),
         enough=enough,
-        verdict=verdict(lo, hi, enough),
         n_runs=len(arm_a) + len(arm_b),
         seeds_runs=f"{ours} {len(arm_a)}, {theirs} {len(arm_b)} ({resampling.split(';')[0]})",
         resampling=resampling,
@@ -771,14 +797,14 @@ def claim_entropy(domain: str, runs: Sequence[RunRecord]) -> dict[str, Any]:
         index = rng.integers(0, len(units), size=(SAMPLES, len(units)))
         lo, hi, _ = _percentile(sign * sums[index].sum(axis=1) / counts[index].sum(axis=1))
     stages = int(counts.sum())
-    return _claim(
+    return _measured(
         claim_id,
         title,
         test,
         paper,
-        effect={"estimate": estimate, "ci_low": lo, "ci_high": hi},
+        estimate=estimate,
+        ci=(lo, hi),
         enough=enough,
-        verdict=verdict(lo, hi, enough),
         n_runs=len(units),
         seeds_runs=f"{_count(len(units), 'run')}, {_count(stages, 'stage')}",
         inputs={
@@ -906,14 +932,14 @@ def claim_predictor(
         index = rng.integers(0, len(orders), size=(SAMPLES, len(orders)))
         lo, hi, undefined = _percentile(_rowwise_spearman(predicted[index], measured[index]))
     used = {p["run_id"] for p in points}
-    return _claim(
+    return _measured(
         "C4",
         title,
         test,
         paper,
-        effect={"estimate": point_estimate["spearman"], "ci_low": lo, "ci_high": hi},
+        estimate=point_estimate["spearman"],
+        ci=(lo, hi),
         enough=enough,
-        verdict=verdict(lo, hi, enough),
         n_runs=len(used),
         seeds_runs=f"{_count(len(orders), 'order')}, {_count(len(points), 'run')}",
         inputs={

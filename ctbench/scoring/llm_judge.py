@@ -48,6 +48,7 @@ from ctbench.tracks.taskdata import Item
 
 MODES = ("pairwise", "pointwise")
 JUDGE_CACHE = "judge-cache.sqlite"  # in the run folder
+ASK_CHUNK = 32  # conversations asked (and cached) together: two local batches of 16
 _PLACEHOLDERS = {
     "pairwise": ("{prompt}", "{first}", "{second}"),
     "pointwise": ("{prompt}", "{completion}"),
@@ -280,8 +281,8 @@ class LLMJudge:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _ask(self, conversations: list[Conversation]) -> list[ChatReply]:
-        """Replies for every conversation: cached ones from the cache, the rest in one batch
-        (duplicates asked once)."""
+        """Replies for every conversation: cached ones from the cache, the rest in chunks of
+        ``ASK_CHUNK`` (duplicates asked once)."""
         keys = [self._key(c) for c in conversations]
         replies: dict[str, ChatReply] = {}
         for key in keys:
@@ -293,9 +294,13 @@ class LLMJudge:
         for key, conversation in zip(keys, conversations, strict=True):
             if key not in replies:
                 todo.setdefault(key, conversation)
-        if todo:
-            fresh = self.backend.complete(list(todo.values()), max_tokens=self.max_tokens)
-            new = dict(zip(todo, fresh, strict=True))
+        pending = list(todo.items())
+        # Asked and stored in chunks: an endpoint that goes down in the middle of a large
+        # evaluation batch leaves every chunk answered before it in the cache.
+        for start in range(0, len(pending), ASK_CHUNK):
+            chunk = dict(pending[start : start + ASK_CHUNK])
+            fresh = self.backend.complete(list(chunk.values()), max_tokens=self.max_tokens)
+            new = dict(zip(chunk, fresh, strict=True))
             self.cache.put_many(new)
             replies.update(new)
             prompt_tokens = sum(r.prompt_tokens for r in fresh)
