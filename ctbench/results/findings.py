@@ -83,6 +83,7 @@ from ctbench import __version__
 from ctbench.common.atomic import write_json_atomic, write_text_atomic
 from ctbench.errors import UserError
 from ctbench.results.aggregate import correlation
+from ctbench.results.leaderboard import lookup_dotted
 from ctbench.runs.result import is_main_line, result_content_hash
 
 FINDINGS_SCHEMA = 1
@@ -182,15 +183,6 @@ _NEEDED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
 )
 
 
-def _get(data: dict[str, Any], dotted: str) -> Any:
-    value: Any = data
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(dotted)
-        value = value[part]
-    return value
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -208,7 +200,7 @@ def _run_record(path: Path) -> RunRecord:
     where = str(path)
     for key, kind in _NEEDED:
         try:
-            value = _get(result, key)
+            value = lookup_dotted(result, key)
         except KeyError:
             raise UserError(f"not a ctbench result: {key} is missing", where=where) from None
         if not isinstance(value, kind) or isinstance(value, bool):

@@ -53,7 +53,8 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _lookup(result: dict[str, Any], dotted: str) -> Any:
+def lookup_dotted(result: dict[str, Any], dotted: str) -> Any:
+    """``result['a']['b']`` for ``'a.b'``; KeyError naming the whole path when absent."""
     value: Any = result
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -66,7 +67,7 @@ def validate_result(result: dict[str, Any], track: Track, budget: int, where: st
     """Refuse a result that is malformed, edited, from another track, or off-budget."""
     for key, kind in _REQUIRED.items():
         try:
-            value = _lookup(result, key)
+            value = lookup_dotted(result, key)
         except KeyError:
             raise UserError(f"schema violation: {key} is missing", where=where) from None
         if not isinstance(value, kind) or isinstance(value, bool):
