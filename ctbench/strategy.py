@@ -138,6 +138,40 @@ class Merge:
         }
 
 
+@dataclass(frozen=True)
+class GradientProbe:
+    """Measure each task's policy gradient at the base model: no training, no optimizer
+    step, no row of R (DESIGN's probe-free transfer estimate; see
+    :mod:`ctbench.training.gradients`).
+
+    For every task of ``tasks`` the engine samples ``batches`` RL batches (the track's
+    prompts per step × group size) from the base (with fresh adapters under LoRA, as a
+    probe would train) and takes two gradients: of the GRPO loss (the direction a stage
+    would move) and of the expected reward (how the task's score would respond). After the
+    yield, ``ctx.measurements[-1]`` holds ``tasks``, ``transfer_adam`` and ``transfer_sgd``
+    (Δ̂[i][j] = u_i · g_j, row trained, column scored, one shared positive scale),
+    ``cosine`` (of the reward gradients), ``mean_reward``, ``samples``,
+    ``generated_tokens`` and ``wall_s``. Its rollouts are booked to the probe phase; it
+    spends none of the step budget.
+    """
+
+    tasks: tuple[str, ...]
+    batches: int = 2
+    name: str = "gradient-probe"
+
+    @property
+    def steps(self) -> int:
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "gradient-probe",
+            "name": self.name,
+            "tasks": list(self.tasks),
+            "batches": self.batches,
+        }
+
+
 ScheduleItem = Stage | Merge
 
 
@@ -149,6 +183,7 @@ class StrategyContext:
     strategy yielded (branches and probes included). ``report`` is where a strategy puts the
     facts that define it (a transfer matrix, a chosen order, predictions); it lands in
     ``result.json`` under ``strategy.report`` and must be JSON-serialisable.
+    ``measurements[k]`` is what the k-th :class:`GradientProbe` measured.
     """
 
     task_names: tuple[str, ...]
@@ -162,6 +197,7 @@ class StrategyContext:
     names: list[str] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
     spent: int = 0
+    measurements: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def remaining(self) -> int:
@@ -218,8 +254,9 @@ class Strategy(ABC):
         """Override to reject parameter values (raise :class:`UserError`); called once."""
 
     @abstractmethod
-    def schedule(self, ctx: StrategyContext) -> Iterator[ScheduleItem]:
-        """Yield stages and merges; after each yield ``ctx.evaluations[-1]`` is its row."""
+    def schedule(self, ctx: StrategyContext) -> Iterator[ScheduleItem | GradientProbe]:
+        """Yield stages and merges (after each yield ``ctx.evaluations[-1]`` is its row)
+        and, where wanted, gradient probes (``ctx.measurements[-1]``)."""
 
 
 def coerce_param(strategy: str, key: str, value: Any, default: Any) -> Any:

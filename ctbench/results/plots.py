@@ -102,7 +102,8 @@ def plot_data(result: dict[str, Any], bins: int = STEP_BINS) -> dict[str, Any]:
             for task, entries in result["item_forgetting"]["tasks"].items()
         }
     if "transfer" in report:
-        data["transfer"] = report["transfer"]
+        estimator = (report.get("estimate") or {}).get("estimator", "probes")
+        data["transfer"] = {**report["transfer"], "estimator": estimator}
     if "predicted_final" in report:
         data["prediction"] = [
             {"label": t, "predicted": report["predicted_final"][t], "measured": R[-1][j]}
@@ -254,11 +255,16 @@ def transfer_heatmap(data: dict[str, Any]) -> Figure | None:
     top = max(abs(v) for row in delta for v in row) or 0.1
     fig = Figure(figsize=(5.0, 1.4 + 0.4 * len(delta)))
     ax = fig.subplots()
+    # The gradient estimate's Δ̂ is a first-order reward change per unit step, not a score.
+    gradient = transfer.get("estimator") == "gradient"
+    rows = [f"{'train' if gradient else 'probe'} {t}" for t in transfer["tasks"]]
+    label = "Δ̂ (first order, per unit step)" if gradient else "Δ (score change)"
     _matrix_axes(
-        fig, ax, delta, [f"probe {t}" for t in transfer["tasks"]], transfer["tasks"],
-        cmap="RdBu", vmin=-top, vmax=top, label="Δ (score change)",
+        fig, ax, delta, rows, transfer["tasks"],
+        cmap="RdBu", vmin=-top, vmax=top, label=label,
     )  # fmt: skip
-    ax.set_title(f"transfer Δ (row: task probed): {data['title']}", fontsize=9)
+    what = "gradient estimate Δ̂ (row: task trained)" if gradient else "Δ (row: task probed)"
+    ax.set_title(f"transfer {what}: {data['title']}", fontsize=9)
     fig.tight_layout()
     return fig
 

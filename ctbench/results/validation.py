@@ -56,12 +56,25 @@ def load_transfer(path: Path) -> TransferMatrix:
         raise UserError("no result.json there", where=str(path))
     try:
         report = json.loads(file.read_text())["strategy"]["report"]
-        return TransferMatrix.from_json(report["transfer"])
+        matrix = TransferMatrix.from_json(report["transfer"])
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(
             "not the result of a run that measured a transfer matrix (ctbench transfer or bwt)",
             where=str(file),
         ) from exc
+    if not _in_score_units(report):
+        raise UserError(
+            "its Δ is the gradient estimate (first-order, no score units), which predicts no "
+            "scores; give the result of a run with probes (ctbench transfer, or bwt with "
+            "estimator=probes)",
+            where=str(file),
+        )
+    return matrix
+
+
+def _in_score_units(report: dict[str, Any]) -> bool:
+    """Whether a report's Δ was measured by probes (a gradient estimate's was not)."""
+    return (report.get("estimate") or {}).get("estimator", "probes") == "probes"
 
 
 def find_transfer(runs: Path, track: str) -> Path:
@@ -72,9 +85,12 @@ def find_transfer(runs: Path, track: str) -> Path:
             result = json.loads(file.read_text())
         except ValueError:
             continue
-        if result.get("track", {}).get("name") == track and "transfer" in result.get(
-            "strategy", {}
-        ).get("report", {}):
+        report = result.get("strategy", {}).get("report", {})
+        if (
+            result.get("track", {}).get("name") == track
+            and "transfer" in report
+            and _in_score_units(report)
+        ):
             found.append((result["timestamps"]["finished"], file))
     if not found:
         raise UserError(

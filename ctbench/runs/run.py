@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +46,7 @@ from ctbench.strategy import (
     CURRENT,
     OBJECTIVES,
     BudgetExceeded,
+    GradientProbe,
     Merge,
     ScheduleItem,
     Stage,
@@ -55,6 +57,7 @@ from ctbench.tracks.track import Track, is_track_path, load_track
 from ctbench.training import adapters
 from ctbench.training.compute import ComputeMeter
 from ctbench.training.engine import Engine, StepLog
+from ctbench.training.gradients import first_order_transfer, gradient_cosines, task_gradient
 from ctbench.training.merging import merge_checkpoints
 from ctbench.training.rollout import HFRollout
 from ctbench.training.tiny_base import check_base_buildable, ensure_base_checkpoint, load_base
@@ -272,7 +275,14 @@ class Run:
             entropies=[_entropies(state["rows"][0])],
         )
         main = model
-        for index, item in enumerate(self._schedule(ctx), start=1):
+        index = 0
+        for item in self._schedule(ctx):
+            if isinstance(item, GradientProbe):  # a measurement: no row, no steps, no index
+                ctx.measurements.append(
+                    self._gradient_probe(item, ctx, state, len(ctx.measurements), engine, meter)
+                )
+                continue
+            index += 1
             self._check_item(item, ctx, state, index)
             self._check_report(ctx.report)  # what the strategy reported before this yield
             if isinstance(item, Stage):
@@ -350,6 +360,78 @@ class Run:
         )
         write_json_atomic(self.dir / "result.json", result)
         shutil.rmtree(self.checkpoints, ignore_errors=True)
+        return result
+
+    def _gradient_probe(
+        self,
+        probe: GradientProbe,
+        ctx: StrategyContext,
+        state: dict[str, Any],
+        position: int,
+        engine: Engine,
+        meter: ComputeMeter,
+    ) -> dict[str, Any]:
+        """Measure (or, on resume, replay) the ``position``-th gradient probe; durable in
+        state.json before the strategy sees it, like a finished stage."""
+        where = self._where()
+        unknown = sorted(set(probe.tasks) - set(ctx.task_names))
+        if not probe.tasks or unknown or len(set(probe.tasks)) != len(probe.tasks):
+            raise StrategyFailed(
+                "a gradient probe needs distinct known task names; got "
+                f"{', '.join(probe.tasks) or '(none)'}",
+                where=where,
+            )
+        if (
+            isinstance(probe.batches, bool)
+            or not isinstance(probe.batches, int)
+            or (probe.batches < 1)
+        ):
+            raise StrategyFailed(
+                f"a gradient probe needs a positive whole number of batches, got {probe.batches!r}",
+                where=where,
+            )
+        recorded = state.setdefault("measurements", [])
+        if position < len(recorded):
+            if recorded[position]["request"] != probe.to_json():
+                raise StrategyFailed(
+                    f"asked for a different gradient probe {position + 1} than the "
+                    "interrupted run recorded; it is not deterministic in its seed",
+                    where=where,
+                )
+            return recorded[position]["result"]
+        seed = self.config.seed
+        self.observer.note(
+            f"gradient probe at the base: {len(probe.tasks)} task(s) × {probe.batches} batch(es)"
+        )
+        model = self._with_adapters(self._load(self.base_path), derived_seed(seed, 0, 5, position))
+        engine.bind(model)
+        before = meter.to_json()["probe"]
+        started = time.perf_counter()
+        with meter.timed("probe"):
+            gradients = {
+                task: task_gradient(
+                    engine, task, probe.batches, derived_seed(seed, 0, 6, position, k)
+                )
+                for k, task in enumerate(probe.tasks)
+            }
+        wall = time.perf_counter() - started
+        after = meter.to_json()["probe"]
+        result = {
+            "tasks": list(probe.tasks),
+            "transfer_adam": first_order_transfer(probe.tasks, gradients, "adam"),
+            "transfer_sgd": first_order_transfer(probe.tasks, gradients, "sgd"),
+            "cosine": gradient_cosines(probe.tasks, gradients),
+            "mean_reward": {t: g.mean_reward for t, g in gradients.items()},
+            "batches": probe.batches,
+            "samples": after.get("samples", 0.0) - before.get("samples", 0.0),
+            "generated_tokens": after.get("generated_tokens", 0.0)
+            - before.get("generated_tokens", 0.0),
+            "wall_s": wall,
+        }
+        del gradients, model
+        recorded.append({"request": probe.to_json(), "result": result})
+        state["meter"] = meter.to_json()
+        write_json_atomic(self.state_path, state)
         return result
 
     def _keep_final_model(self, state: dict[str, Any]) -> dict[str, str] | None:

@@ -53,7 +53,7 @@ from ctbench.training.losses import (
     sft_loss,
     token_logprobs,
 )
-from ctbench.training.rollout import RolloutBackend
+from ctbench.training.rollout import Rollout, RolloutBackend
 
 
 @dataclass
@@ -174,29 +174,10 @@ class Engine:
         micro-batch mode (``memory.micro_batch``) backwards ``weight`` × each micro-batch's
         share itself and returns the detached total (see :meth:`accumulating`)."""
         group = self.rl.group_size
-        prompts = self.prompts.texts(items, group)
-        max_new = max(self.tasks[item.task].spec.max_new_tokens for item in items)
-        with self.autocast():
-            rollout = self.rollout.generate(
-                self.model,
-                prompts,
-                max_new_tokens=max_new,
-                temperature=self.rl.temperature,
-                greedy=False,
-                generator=generator,
-            )
-        rewards = torch.zeros(len(items), group)
-        by_task: dict[str, list[int]] = defaultdict(list)
-        for index, item in enumerate(items):
-            by_task[item.task].append(index)
-        reward_by_task = {}
-        for task_name, indices in sorted(by_task.items()):
-            groups = [rollout.completions[i * group : (i + 1) * group] for i in indices]
-            scores = self.rewards[task_name].score_groups(
-                [items[i] for i in indices], groups, training=True
-            )
-            rewards[indices] = torch.tensor(scores, dtype=torch.float32)
-            reward_by_task[task_name] = float(torch.tensor(scores).mean())
+        rollout, rewards, by_task = self.sample_and_score(items, generator)
+        reward_by_task = {
+            name: float(rewards[indices].mean()) for name, indices in sorted(by_task.items())
+        }
         advantages = (
             group_advantages(rewards, scale=self.rl.scale_advantages).flatten().to(self.device)
         )
@@ -209,7 +190,9 @@ class Engine:
                 advantages, mask,
             )  # fmt: skip
         tokens = rollout.generated_tokens
-        self.meter.book(phase, samples=len(prompts), generated_tokens=tokens, trained_tokens=tokens)
+        self.meter.book(
+            phase, samples=len(rollout.completions), generated_tokens=tokens, trained_tokens=tokens
+        )
         row_entropy = (entropy * mask).sum(-1).view(len(items), group).sum(-1)
         row_tokens = mask.sum(-1).view(len(items), group).sum(-1)
         entropy_by_task = {
@@ -226,6 +209,37 @@ class Engine:
             extra=stats,
         )
         return loss, log
+
+    def sample_and_score(
+        self, items: Sequence[Item], generator: torch.Generator
+    ) -> tuple[Rollout, torch.Tensor, dict[str, list[int]]]:
+        """Sample ``group_size`` completions of every item's prompt and score them: the
+        rollout, rewards [items, group], and the item indices of each task. Shared by the
+        GRPO term and the gradient measurement (:mod:`ctbench.training.gradients`), so both
+        see rollouts drawn and scored the same way."""
+        group = self.rl.group_size
+        prompts = self.prompts.texts(items, group)
+        max_new = max(self.tasks[item.task].spec.max_new_tokens for item in items)
+        with self.autocast():
+            rollout = self.rollout.generate(
+                self.model,
+                prompts,
+                max_new_tokens=max_new,
+                temperature=self.rl.temperature,
+                greedy=False,
+                generator=generator,
+            )
+        rewards = torch.zeros(len(items), group)
+        by_task: dict[str, list[int]] = defaultdict(list)
+        for index, item in enumerate(items):
+            by_task[item.task].append(index)
+        for task_name, indices in sorted(by_task.items()):
+            groups = [rollout.completions[i * group : (i + 1) * group] for i in indices]
+            scores = self.rewards[task_name].score_groups(
+                [items[i] for i in indices], groups, training=True
+            )
+            rewards[indices] = torch.tensor(scores, dtype=torch.float32)
+        return rollout, rewards, dict(by_task)
 
     def _grpo_term(
         self,
