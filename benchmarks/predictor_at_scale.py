@@ -1,0 +1,55 @@
+"""The additive predictor over every order and several seeds, beside a stage-scale fit
+(issue: beyond the paper, part 3).
+
+    for s in 0 1; do ctbench validate-prediction --orders 24 --seed $s \\
+        --transfer <the bwt run of seed s>/result.json --out runs/predictor; done
+    python benchmarks/predictor_at_scale.py runs/predictor/validate-tiny-s*-st100 \\
+        [--draws 2000] [--json benchmarks/predictor-at-scale.json]
+
+Reads each folder's ``validation.json`` (one per seed) and prints, for the probes'
+predictor and the leave-one-order-out stage-scale fit (:mod:`ctbench.results.predictor_check`),
+the pooled, task-centred and per-run ACC correlations with pigeonhole-bootstrap 95% CIs
+(orders and seeds resampled independently), their difference, the stage fit's parameters
+and the measured ACC of every order. Prints JSON; ``--json PATH`` also writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ctbench.results.predictor_check import check_predictors
+from ctbench.runs.provenance import environment
+
+
+@click.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--draws", default=2000, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+def main(folders: tuple[Path, ...], draws: int, json_path: Path | None) -> None:
+    reports = []
+    for folder in folders:
+        file = folder / "validation.json" if folder.is_dir() else folder
+        reports.append(json.loads(file.read_text()))
+    stage_steps = {r["stage_steps"] for r in reports}
+    if len(stage_steps) != 1:
+        raise click.UsageError(f"the reports differ in stage steps: {sorted(stage_steps)}")
+    report = {
+        "command": "python benchmarks/predictor_at_scale.py " + " ".join(sys.argv[1:]),
+        "track": reports[0]["track"],
+        "stage_steps": stage_steps.pop(),
+        "transfer_sources": {r["seed"]: r["transfer_source"] for r in reports},
+        **check_predictors(reports, draws=draws),
+        "env": environment("cpu"),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if json_path is not None:
+        json_path.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
