@@ -737,24 +737,37 @@ def leaderboard_build(
     "--dir", "folder", default="leaderboards", show_default=True, type=click.Path(path_type=Path)
 )
 def leaderboard_render(track: str, folder: Path) -> None:
-    """Write <dir>/<track>.md and a self-contained <dir>/<track>.html from the JSON."""
-
-    from ctbench.common.atomic import write_text_atomic
-    from ctbench.results.leaderboard_page import render_html, render_markdown
-
+    """Write <dir>/<track>.md and a self-contained <dir>/<track>.html from the JSON (with a
+    findings section when <dir>/<track>-findings.json is there)."""
     source = folder / f"{track}.json"
     if not source.exists():
         raise UserError(
             "no leaderboard JSON; run `ctbench leaderboard build` first", where=str(source)
         )
+    for path in _render_board(folder, track):
+        click.echo(str(path))
+
+
+def _read_json_file(path: Path) -> Any:
     try:
-        board = json.loads(source.read_text())
+        return json.loads(path.read_text())
     except ValueError as exc:
-        raise UserError(f"not valid JSON: {exc}", where=str(source)) from exc
-    write_text_atomic(folder / f"{track}.md", render_markdown(board))
-    write_text_atomic(folder / f"{track}.html", render_html(board))
-    click.echo(str(folder / f"{track}.md"))
-    click.echo(str(folder / f"{track}.html"))
+        raise UserError(f"not valid JSON: {exc}", where=str(path)) from exc
+
+
+def _render_board(folder: Path, track: str) -> list[Path]:
+    """(Re)write a leaderboard's Markdown and HTML from its JSON and, where present, the
+    findings JSON beside it; ``leaderboard render`` and ``findings`` both end here."""
+    from ctbench.common.atomic import write_text_atomic
+    from ctbench.results.findings import findings_paths
+    from ctbench.results.leaderboard_page import render_html, render_markdown
+
+    board = _read_json_file(folder / f"{track}.json")
+    findings_file = findings_paths(folder, track)["json"]
+    found = _read_json_file(findings_file) if findings_file.exists() else None
+    write_text_atomic(folder / f"{track}.md", render_markdown(board, found))
+    write_text_atomic(folder / f"{track}.html", render_html(board, found))
+    return [folder / f"{track}.md", folder / f"{track}.html"]
 
 
 @cli.command()
@@ -796,6 +809,9 @@ def findings(runs: tuple[Path, ...], track: str | None, out: Path) -> None:
         console.print(f"warning: {escape(warning)}", highlight=False)
     for path in (paths["md"], paths["json"], paths["html"]):
         click.echo(str(path))
+    name = report["track"]["name"]
+    if (out / f"{name}.json").exists():  # the leaderboard page shows the findings too
+        click.echo(str(_render_board(out, name)[1]))
 
 
 @cli.command()

@@ -22,6 +22,7 @@ from scipy import stats
 from ctbench.results.findings import build_findings, load_inputs
 from ctbench.runs.result import result_content_hash
 
+REPO = Path(__file__).resolve().parent.parent
 TASKS = ["math", "code", "qa", "creative"]
 DOMAINS = {"math": "structured", "code": "structured", "qa": "structured", "creative": "open"}
 ORDERS = [list(p) for p in permutations(TASKS)]
@@ -527,3 +528,33 @@ def test_differing_budgets_are_a_warning_line(tmp_path):
     assert "**Warning:** C2b: budgets differ among its runs: 300 steps (1 runs)" in (
         render_markdown(found)
     )
+
+
+def test_findings_beside_a_leaderboard_become_a_section_of_its_page(tmp_path, capsys):
+    """``ctbench findings --out <leaderboard dir>`` re-renders the board's .md and .html with
+    the claims table; findings of another track hash are named, not shown."""
+    published = json.loads((REPO / "leaderboards" / "tiny.json").read_text())
+    out = tmp_path / "boards"
+    out.mkdir()
+    board = {**published, "track": {**published["track"], "hash": "hash-a"}}
+    (out / "tiny.json").write_text(json.dumps(board))
+    runs_dir = write_runs(tmp_path / "runs", full_runs())
+    code, stdout, err = ctb(capsys, "findings", str(runs_dir), "--out", str(out))
+    assert code == 0, err
+    assert stdout.splitlines()[-1] == str(out / "tiny.html")
+    found = json.loads((out / "tiny-findings.json").read_text())
+    page, markdown = (out / "tiny.html").read_text(), (out / "tiny.md").read_text()
+    assert page.count('<section id="findings">') == 1 and page.count('class="claim"') == 7
+    assert 'href="tiny-findings.html"' in page
+    assert "## Findings" in markdown and "(tiny-findings.md)" in markdown
+    for c in found["claims"]:
+        assert f"**{c['verdict']}**" in markdown
+    assert page.count('class="entry"') == len(published["entries"])  # the board is whole
+
+    # The same findings beside a board of another track hash: named, not shown.
+    (out / "tiny.json").write_text(json.dumps(published))
+    code, _, err = ctb(capsys, "leaderboard", "render", "--track", "tiny", "--dir", str(out))
+    assert code == 0, err
+    page = (out / "tiny.html").read_text()
+    assert 'class="claim"' not in page and "not this board's" in page
+    assert "## Findings" not in (out / "tiny.md").read_text()

@@ -1138,6 +1138,20 @@ def claim_paragraph(claim: dict[str, Any]) -> str:
     return text + figure
 
 
+def table_markdown(findings: dict[str, Any]) -> list[str]:
+    """The claims table as Markdown lines (the findings file and the leaderboard's)."""
+    lines = [
+        "| claim | test | effect [95% CI] | seeds/runs | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for c in findings["claims"]:
+        lines.append(
+            f"| {c['id']} {c['claim']} | {c['test']} | {effect_text(c)} | {c['seeds_runs']} | "
+            f"**{_verdict_text(c)}** |"
+        )
+    return lines
+
+
 def render_markdown(findings: dict[str, Any]) -> str:
     track = findings["track"]
     lines = [
@@ -1153,16 +1167,7 @@ def render_markdown(findings: dict[str, Any]) -> str:
         lines.append(f"**Warning:** {warning}  ")
     if findings["warnings"]:
         lines.append("")
-    lines += [
-        "| claim | test | effect [95% CI] | seeds/runs | verdict |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for c in findings["claims"]:
-        lines.append(
-            f"| {c['id']} {c['claim']} | {c['test']} | {effect_text(c)} | {c['seeds_runs']} | "
-            f"**{_verdict_text(c)}** |"
-        )
-    lines.append("")
+    lines += [*table_markdown(findings), ""]
     for c in findings["claims"]:
         lines += [f"### {c['id']}: {c['claim']}", "", claim_paragraph(c), ""]
     lines += [
@@ -1181,9 +1186,9 @@ _COLOURS = {
 }
 
 
-def render_html(findings: dict[str, Any]) -> str:
-    """A self-contained page (no external assets): the table and one paragraph per claim."""
-    track = findings["track"]
+def table_html(findings: dict[str, Any]) -> str:
+    """The claims table (claim, test, effect [95% CI], seeds/runs, verdict) as HTML: the
+    findings page and the leaderboard page's findings section show the same one."""
     esc = html.escape
     rows = "".join(
         f'<tr class="claim" data-verdict="{esc(c["verdict"])}"><td>{esc(c["id"])} '
@@ -1192,6 +1197,16 @@ def render_html(findings: dict[str, Any]) -> str:
         f'<td style="background:{_COLOURS[c["verdict"]]}"><b>{esc(_verdict_text(c))}</b></td></tr>'
         for c in findings["claims"]
     )
+    return (
+        '<table id="findings"><thead><tr><th>claim</th><th>test</th><th>effect [95% CI]</th>'
+        f"<th>seeds/runs</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def render_html(findings: dict[str, Any]) -> str:
+    """A self-contained page (no external assets): the table and one paragraph per claim."""
+    track = findings["track"]
+    esc = html.escape
     paragraphs = "".join(
         f"<h3>{esc(c['id'])}: {esc(c['claim'])}</h3><p>{esc(claim_paragraph(c))}</p>"
         for c in findings["claims"]
@@ -1211,8 +1226,7 @@ th {{ background: #f3f3f3; }}
 {esc(findings["ctbench_version"])}; {esc(findings["created"][:10])}.</p>
 <p>{esc(RULE_SHORT[0])}<br>{esc(RULE_SHORT[1])}</p>
 {warnings}
-<table id="findings"><thead><tr><th>claim</th><th>test</th><th>effect [95% CI]</th>
-<th>seeds/runs</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>
+{table_html(findings)}
 {paragraphs}
 <p>The rule in full: {esc(findings["rule"])}</p>
 </body></html>

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from pathlib import Path
 from typing import Any
 
 from ctbench.training.compute import total_wall_s
@@ -31,7 +32,7 @@ def _wall(entry: dict[str, Any]) -> float:
     return total_wall_s(entry["compute"])
 
 
-def render_markdown(board: dict[str, Any]) -> str:
+def render_markdown(board: dict[str, Any], findings: dict[str, Any] | None = None) -> str:
     track = board["track"]
     lines = [
         f"# Leaderboard: track `{track['name']}` (v{track['version']}, hash `{track['hash']}`)",
@@ -56,6 +57,18 @@ def render_markdown(board: dict[str, Any]) -> str:
         )
     lines += ["", _provenance(board, markdown=True), ""]
     lines += ["Result hashes per entry are in the JSON next to this file.", ""]
+    if findings is not None and findings["track"]["hash"] == track["hash"]:
+        from ctbench.results.findings import findings_paths, table_markdown
+
+        details = findings_paths(Path("."), track["name"])["md"].name
+        lines += [
+            "## Findings: the papers' claims tested on these runs",
+            "",
+            *table_markdown(findings),
+            "",
+            f"Each claim's test, inputs and the verdict rule: [{details}]({details}).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -139,7 +152,31 @@ document.querySelectorAll('#board th').forEach((th, column) => {
 """
 
 
-def render_html(board: dict[str, Any]) -> str:
+def findings_section(board: dict[str, Any], findings: dict[str, Any] | None) -> str:
+    """The page's findings section: ``ctbench findings``' claims table, when findings of
+    this very track hash were written beside the board; a line saying why not otherwise."""
+    from ctbench.results.findings import RULE_SHORT, findings_paths, table_html
+
+    if findings is None:
+        return ""
+    track = board["track"]
+    if findings["track"]["hash"] != track["hash"]:
+        return (
+            '<section id="findings"><h2>Findings</h2><p>The findings beside this board are of '
+            f"track hash <code>{html.escape(findings['track']['hash'])}</code>, not this "
+            "board's; rerun <code>ctbench findings</code> on its runs.</p></section>"
+        )
+    details = findings_paths(Path("."), track["name"])["html"].name
+    return (
+        '<section id="findings"><h2>Findings: the papers\' claims tested on these runs</h2>'
+        f"<p>{findings['n_runs']} runs read. {html.escape(RULE_SHORT[0])} "
+        f"{html.escape(RULE_SHORT[1])}</p>{table_html(findings)}"
+        f'<p>Every claim\'s test and inputs: <a href="{html.escape(details)}">'
+        f"{html.escape(details)}</a>.</p></section>"
+    )
+
+
+def render_html(board: dict[str, Any], findings: dict[str, Any] | None = None) -> str:
     track = board["track"]
     tasks = list(track["tasks"])
     header = "".join(
@@ -198,6 +235,7 @@ per run; tasks {html.escape(", ".join(tasks))}. Ranked by {html.escape(board["ra
 Built with ctbench {html.escape(board["ctbench_version"])}. Click a column to sort.</p>
 <p>{_provenance(board)}</p>
 <table id="board"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>
+{findings_section(board, findings)}
 {"".join(sections)}
 <script>{_SCRIPT}</script>
 </body></html>
