@@ -260,14 +260,22 @@ def test_submit_then_leaderboard_build_and_render(workspace, compare_dir, bundle
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["seeds"] == [0, 1] and (bundle / "strategy" / "math_only.py").exists()
     proc = ctbench(
-        "leaderboard", "build", "--track", "tiny", "--budget", "1", "--bootstrap", "200",
-        "--out", "boards", str(compare_dir), str(bundle / "runs"),
+        "leaderboard",
+        "build",
+        "--track",
+        "tiny",
+        "--budget",
+        "1",
+        "--bootstrap",
+        "200",
+        "--out",
+        "boards",
+        str(compare_dir),
+        str(bundle / "runs"),
         cwd=workspace,
     )  # fmt: skip  (the bundle's own re-check is the submission tests' business)
     board = json.loads((workspace / last_line(proc)).read_text())
-    joint = [
-        json.loads(p.read_text())["metrics"]["acc"] for p in compare_dir.glob("*/result.json")
-    ]
+    joint = [json.loads(p.read_text())["metrics"]["acc"] for p in compare_dir.glob("*/result.json")]
     means = {"joint": sum(joint) / 2, "math-only": manifest["entry"]["metrics"]["acc"]["mean"]}
     assert [e["strategy"] for e in board["entries"]] == sorted(means, key=lambda k: -means[k])
     for entry in board["entries"]:

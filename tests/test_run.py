@@ -76,6 +76,7 @@ def test_result_has_the_promised_fields(first_run):
     assert result["metrics"]["acc"] == pytest.approx(sum(result["matrix"]["R"][-1]) / 4)
     assert len(result["entropy"]["token"]) == 5 and len(result["entropy"]["sequence"][0]) == 4
     assert result["env"]["packages"]["torch"]
+    assert "cpu_model" in result["env"]  # the processor, not only the architecture
     run_dir = Path(result["_dir"])
     samples = sorted(p.name for p in (run_dir / "samples").iterdir())
     assert len(samples) == 5 * 4 and samples[0] == "stage-00-code.jsonl"

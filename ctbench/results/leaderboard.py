@@ -144,9 +144,7 @@ def check_scores(run_dir: Path, result: dict[str, Any], where: str) -> None:
             else abs(recorded - value) <= 1e-9
         )
         if not same:
-            raise UserError(
-                f"metrics.{key} is {recorded!r} but R gives {value!r}", where=where
-            )
+            raise UserError(f"metrics.{key} is {recorded!r} but R gives {value!r}", where=where)
 
 
 def find_results(paths: Iterable[Path]) -> list[Path]:
@@ -236,8 +234,9 @@ def machine_of(result: dict[str, Any]) -> str:
     """One line naming the hardware a result ran on, from its recorded environment."""
     env = result.get("env", {})
     device = env.get("cuda") or env.get("device", "?")
+    cpu = f" ({env['cpu_model']})" if env.get("cpu_model") else ""
     return (
-        f"{env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, "
+        f"{env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs{cpu}, "
         f"{env.get('torch_threads', '?')} torch threads, device {device}"
     )
 

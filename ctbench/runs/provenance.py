@@ -68,6 +68,23 @@ def ctbench_commit() -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name: one seed gave ACC 0.570 on one x86-64 host and 0.577 on
+    another (same stack), so a result names the processor, not only the architecture.
+    Linux's /proc/cpuinfo (x86 ``model name``; ``Hardware``/``Processor`` on some ARM
+    kernels); elsewhere what ``platform.processor()`` knows; None if nothing says."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for key in ("model name", "Hardware", "Processor", "cpu model"):
+        for line in text.splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key and value.strip():
+                return value.strip()
+    return platform.processor() or None
+
+
 def environment(device: str) -> dict[str, Any]:
     return {
         "ctbench": ctbench.__version__,
@@ -75,6 +92,7 @@ def environment(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
