@@ -558,3 +558,17 @@ def test_findings_beside_a_leaderboard_become_a_section_of_its_page(tmp_path, ca
     page = (out / "tiny.html").read_text()
     assert 'class="claim"' not in page and "not this board's" in page
     assert "## Findings" not in (out / "tiny.md").read_text()
+
+
+def test_the_published_tiny_findings_follow_the_rule_and_sit_in_the_board():
+    """leaderboards/tiny-findings.json: every verdict from its own numbers by the rule, of the
+    published board's track hash, and shown on the board's page and Markdown."""
+    folder = REPO / "leaderboards"
+    found = json.loads((folder / "tiny-findings.json").read_text())
+    check_by_rule(found)
+    board = json.loads((folder / "tiny.json").read_text())
+    assert found["track"]["hash"] == board["track"]["hash"]
+    page, markdown = (folder / "tiny.html").read_text(), (folder / "tiny.md").read_text()
+    assert page.count('class="claim"') == len(found["claims"])
+    for c in found["claims"]:
+        assert f"**{c['verdict']}**" in markdown or c["verdict"] == "skipped"

@@ -301,3 +301,38 @@ def test_page_columns_sort_in_headless_chromium(runs, tiny_track, tmp_path):
         sorted(sorted(order), key=lambda name: seeds[name]),  # seeds: numeric, stable
         order,  # rank: ascending
     ]
+
+
+def test_general_ability_is_averaged_over_the_seeds_that_have_it(tmp_path):
+    """eval-general's final − base reaches the entry (mean over the scored seeds) and the
+    page; a general_eval.json of another result is refused by name."""
+    from ctbench.results.leaderboard import general_ability
+    from ctbench.results.leaderboard_page import _general
+
+    runs = []
+    for seed, delta in ((0, 0.10), (1, -0.02), (2, None)):
+        run_dir = tmp_path / f"s{seed}"
+        run_dir.mkdir()
+        result = {"run_id": f"r{seed}", "result_hash": f"h{seed}", "seed": seed}
+        if delta is not None:
+            summary = {
+                "run_id": f"r{seed}",
+                "result_hash": f"h{seed}",
+                "lm_eval_version": "0.4.13",
+                "limit": None,
+                "delta": {"arc": {"acc,none": delta, "acc_norm,none": 0.0}, "gsm": {"em": None}},
+            }
+            (run_dir / "general_eval.json").write_text(json.dumps(summary))
+        runs.append((run_dir, result))
+    general = general_ability(runs)
+    assert general["seeds"] == [0, 1] and general["lm_eval_versions"] == ["0.4.13"]
+    assert general["delta"]["arc"]["acc,none"] == {"mean": pytest.approx(0.04), "n": 2}
+    assert "gsm" not in general["delta"]  # no number to average
+    assert _general({"general": general}) == "arc acc +0.040 (n=2)"
+    assert general_ability(runs[2:]) is None and _general({"general": None}) == "—"
+
+    (runs[0][0] / "general_eval.json").write_text(
+        json.dumps({"run_id": "other", "result_hash": "x", "delta": {}})
+    )
+    with pytest.raises(UserError, match=r"scores run 'other'.*ctbench eval-general"):
+        general_ability(runs)

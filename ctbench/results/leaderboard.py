@@ -21,6 +21,7 @@ from ctbench.errors import UserError
 from ctbench.results.aggregate import bootstrap_acc
 from ctbench.results.compare import final_items
 from ctbench.results.plots import plot_data
+from ctbench.runs.general_eval import OUTPUT as GENERAL_EVAL
 from ctbench.runs.item_forgetting import item_forgetting
 from ctbench.runs.metrics import all_metrics, mean_and_stderr, metrics_to_json
 from ctbench.runs.result import main_line_schedule, result_content_hash
@@ -312,7 +313,55 @@ def _entry(runs: list[tuple[Path, dict[str, Any]]], samples: int) -> dict[str, A
         # R are not averaged): what its figures need (R, forgetting, entropy over stages and
         # steps, Δ and predictions where the strategy measured them).
         "example": {"seed": results[0]["seed"], **plot_data(results[0])},
+        # General ability (lm-eval, final − base) where `ctbench eval-general` scored runs.
+        "general": general_ability(runs),
         "ctbench_versions": sorted({r.get("env", {}).get("ctbench", __version__) for r in results}),
+    }
+
+
+def general_ability(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any] | None:
+    """lm-eval's final − base per task and metric, averaged over the seeds whose run folder
+    holds a ``general_eval.json`` (``ctbench eval-general``) of that very result; None when
+    none does. A file naming another result (run id or result hash) is refused: it would
+    credit one run's general ability to another."""
+    found: list[tuple[int, dict[str, Any]]] = []
+    for run_dir, result in runs:
+        path = run_dir / GENERAL_EVAL
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise UserError(f"not valid JSON: {exc}", where=str(path)) from exc
+        if not isinstance(data, dict) or not isinstance(data.get("delta"), dict):
+            raise UserError("expected an eval-general summary with a delta", where=str(path))
+        if (data.get("run_id"), data.get("result_hash")) != (
+            result["run_id"],
+            result["result_hash"],
+        ):
+            raise UserError(
+                f"it scores run {data.get('run_id')!r} (result hash "
+                f"{str(data.get('result_hash'))[:12]}…), not this folder's result; rerun "
+                f"`ctbench eval-general {run_dir}`",
+                where=str(path),
+            )
+        found.append((result["seed"], data))
+    if not found:
+        return None
+    values: dict[str, dict[str, list[float]]] = {}
+    for _, data in found:
+        for task, metrics in data["delta"].items():
+            for metric, value in (metrics or {}).items():
+                if isinstance(value, int | float):
+                    values.setdefault(task, {}).setdefault(metric, []).append(float(value))
+    return {
+        "seeds": sorted(seed for seed, _ in found),
+        "lm_eval_versions": sorted({str(d.get("lm_eval_version")) for _, d in found}),
+        "limits": sorted({d.get("limit") for _, d in found}, key=lambda v: (v is None, v)),
+        "delta": {
+            task: {m: {"mean": sum(v) / len(v), "n": len(v)} for m, v in sorted(ms.items())}
+            for task, ms in sorted(values.items())
+        },
     }
 
 

@@ -42,8 +42,8 @@ def render_markdown(board: dict[str, Any], findings: dict[str, Any] | None = Non
         f"Built with ctbench {board['ctbench_version']} on {board['built'][:10]}.",
         "",
         "| rank | strategy | ACC | 95% CI | seeds | BWT | forgetting | steps | wall s | params "
-        "| items forgotten | sandbox |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| items forgotten | sandbox | general ability Δ (lm-eval) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in board["entries"]:
         acc = e["metrics"]["acc"]
@@ -53,7 +53,7 @@ def render_markdown(board: dict[str, Any], findings: dict[str, Any] | None = Non
             f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] | {e['n_seeds']} | "
             f"{_fmt(e['metrics']['bwt'])} | {_fmt(e['metrics']['forgetting'])} | "
             f"{_steps(e):.0f} | {_wall(e):.0f} | {params} | "
-            f"{_share(e['metrics'].get('items_forgotten'))} | {_sandbox(e)} |"
+            f"{_share(e['metrics'].get('items_forgotten'))} | {_sandbox(e)} | {_general(e)} |"
         )
     lines += ["", _provenance(board, markdown=True), ""]
     lines += ["Result hashes per entry are in the JSON next to this file.", ""]
@@ -70,6 +70,20 @@ def render_markdown(board: dict[str, Any], findings: dict[str, Any] | None = Non
             "",
         ]
     return "\n".join(lines)
+
+
+def _general(entry: dict[str, Any]) -> str:
+    """General ability (lm-eval final − base, mean over the seeds scored), one metric per
+    task: the first lm-eval reported in name order; the JSON keeps them all."""
+    general = entry.get("general")
+    if not general:
+        return "—"
+    parts = []
+    for task, metrics in general["delta"].items():
+        if metrics:
+            metric, value = next(iter(metrics.items()))
+            parts.append(f"{task} {metric.split(',')[0]} {value['mean']:+.3f} (n={value['n']})")
+    return "; ".join(parts) or "—"
 
 
 def _share(value: float | None) -> str:
@@ -183,7 +197,7 @@ def render_html(board: dict[str, Any], findings: dict[str, Any] | None = None) -
         f"<th>{name}</th>"
         for name in (
             *("rank", "strategy", "ACC", "95% CI", "seeds", "BWT", "forgetting", "steps"),
-            *("items forgotten", "sandbox"),
+            *("items forgotten", "sandbox", "general ability Δ"),
         )
     )
     rows, sections = [], []
@@ -200,6 +214,7 @@ def render_html(board: dict[str, Any], findings: dict[str, Any] | None = None) -
             (_steps(e), f"{_steps(e):.0f}"),
             (e["metrics"].get("items_forgotten"), _share(e["metrics"].get("items_forgotten"))),
             (_sandbox(e), html.escape(_sandbox(e))),
+            (_general(e), html.escape(_general(e))),
         ]
         rows.append(
             '<tr class="entry">'
