@@ -258,12 +258,13 @@ def transfer_heatmap(data: dict[str, Any]) -> Figure | None:
     # The gradient estimate's Δ̂ is a first-order reward change per unit step, not a score.
     gradient = transfer.get("estimator") == "gradient"
     rows = [f"{'train' if gradient else 'probe'} {t}" for t in transfer["tasks"]]
-    label = "Δ̂ (first order, per unit step)" if gradient else "Δ (score change)"
+    # (No combining hat in figures: the bundled fonts place it beside the Δ.)
+    label = "estimated Δ (first order, per unit step)" if gradient else "Δ (score change)"
     _matrix_axes(
         fig, ax, delta, rows, transfer["tasks"],
         cmap="RdBu", vmin=-top, vmax=top, label=label,
     )  # fmt: skip
-    what = "gradient estimate Δ̂ (row: task trained)" if gradient else "Δ (row: task probed)"
+    what = "gradient estimate of Δ (row: task trained)" if gradient else "Δ (row: task probed)"
     ax.set_title(f"transfer {what}: {data['title']}", fontsize=9)
     fig.tight_layout()
     return fig
