@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runner import one_line, run_cli
+from tiny_engine import tiny_engine
 
-from ctbench.scoring.rewards import build_reward
 from ctbench.strategies.transfer import best_order
 from ctbench.training.adapters import trainable_parameters
-from ctbench.training.compute import ComputeMeter
 from ctbench.training.engine import Engine
 from ctbench.training.gradients import (
     TaskGradient,
@@ -24,7 +23,6 @@ from ctbench.training.gradients import (
     gradient_cosines,
     task_gradient,
 )
-from ctbench.training.rollout import HFRollout
 from ctbench.training.tiny_base import load_base
 
 
@@ -66,17 +64,7 @@ def test_first_order_transfer_is_the_update_of_the_row_task_dotted_with_the_colu
 
 @pytest.fixture(scope="module")
 def engine(tiny_track) -> Engine:
-    model, tokenizer, _ = load_base(tiny_track)
-    return Engine(
-        model,
-        tokenizer,
-        tiny_track.tasks,
-        {n: build_reward(t) for n, t in tiny_track.tasks.items()},
-        HFRollout(tokenizer),
-        rl=tiny_track.spec.rl,
-        sft=tiny_track.spec.sft,
-        meter=ComputeMeter(),
-    )
+    return tiny_engine(tiny_track, load_base(tiny_track)[0])
 
 
 def _flat(params: list[torch.nn.Parameter]) -> torch.Tensor:

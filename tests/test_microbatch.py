@@ -12,28 +12,14 @@ import copy
 
 import pytest
 import torch
+from tiny_engine import tiny_engine
 
-from ctbench.scoring.rewards import build_reward
-from ctbench.tracks.engine_settings import MemorySettings
-from ctbench.training.compute import ComputeMeter
 from ctbench.training.engine import Engine
-from ctbench.training.rollout import HFRollout
 from ctbench.training.tiny_base import load_base
 
 
 def _engine(tiny_track, model, micro_batch: int) -> Engine:
-    tokenizer = load_base(tiny_track)[1]
-    return Engine(
-        model,
-        tokenizer,
-        tiny_track.tasks,
-        {n: build_reward(t) for n, t in tiny_track.tasks.items()},
-        HFRollout(tokenizer),
-        rl=tiny_track.spec.rl,
-        sft=tiny_track.spec.sft,
-        meter=ComputeMeter(),
-        memory=MemorySettings(micro_batch=micro_batch),
-    )
+    return tiny_engine(tiny_track, model, micro_batch)
 
 
 @pytest.fixture(scope="module")
