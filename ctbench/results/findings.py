@@ -370,7 +370,7 @@ def load_inputs(paths: Sequence[Path], track: str | None = None) -> Inputs:
 # ---------------------------------------------------------------------------- statistics
 
 
-def _percentile(draws: np.ndarray) -> tuple[float | None, float | None, int]:
+def percentile_interval(draws: np.ndarray) -> tuple[float | None, float | None, int]:
     """Percentile CI over the defined draws, and how many draws were undefined."""
     defined = draws[np.isfinite(draws)]
     undefined = int(draws.size - defined.size)
@@ -615,7 +615,7 @@ def claim_order_matters(runs: Sequence[RunRecord]) -> dict[str, Any]:
             draws = np.column_stack(
                 [_resampled_means(rng, np.array([r.acc for r in used[o]])) for o in orders]
             )
-            lo, hi, _ = _percentile(_spread(draws) - null_mean)
+            lo, hi, _ = percentile_interval(_spread(draws) - null_mean)
     used_runs = [r for o in orders for r in used[o]]
     left_out = [r for o, rs in groups.items() if o not in used for r in rs]
     return _measured(
@@ -787,7 +787,7 @@ def claim_entropy(domain: str, runs: Sequence[RunRecord]) -> dict[str, Any]:
     if enough:
         rng = np.random.default_rng(SEED)
         index = rng.integers(0, len(units), size=(SAMPLES, len(units)))
-        lo, hi, _ = _percentile(sign * sums[index].sum(axis=1) / counts[index].sum(axis=1))
+        lo, hi, _ = percentile_interval(sign * sums[index].sum(axis=1) / counts[index].sum(axis=1))
     stages = int(counts.sum())
     return _measured(
         claim_id,
@@ -922,7 +922,9 @@ def claim_predictor(
     if enough:
         rng = np.random.default_rng(SEED)
         index = rng.integers(0, len(orders), size=(SAMPLES, len(orders)))
-        lo, hi, undefined = _percentile(_rowwise_spearman(predicted[index], measured[index]))
+        lo, hi, undefined = percentile_interval(
+            _rowwise_spearman(predicted[index], measured[index])
+        )
     used = {p["run_id"] for p in points}
     return _measured(
         "C4",

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-LEVEL = 0.95
+from ctbench.results.findings import percentile_interval
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,17 @@ def _features(order: Sequence[str], task: str, tasks: Sequence[str]) -> np.ndarr
     return row
 
 
-def fit_additive(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[dict[str, float], dict]:
-    """Least-squares a*_j and D[i][j] of the additive form from measured final scores
+def _least_squares(cells: Sequence[Cell], tasks: Sequence[str]) -> np.ndarray:
+    """θ = [a*_j …, D[i][j] …] of the additive form fit to the cells' measured scores
     (minimum-norm where the cells do not determine them all)."""
     x = np.stack([_features(c.order, c.task, tasks) for c in cells])
     y = np.array([c.measured for c in cells])
-    theta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return np.linalg.lstsq(x, y, rcond=None)[0]
+
+
+def fit_additive(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[dict[str, float], dict]:
+    """Least-squares a*_j and D[i][j] of the additive form from measured final scores."""
+    theta = _least_squares(cells, tasks)
     n = len(tasks)
     levels = {t: float(theta[k]) for k, t in enumerate(tasks)}
     pairs = [(i, j) for i in tasks for j in tasks if i != j]
@@ -102,9 +107,7 @@ def stage_fit_predictions(cells: Sequence[Cell], tasks: Sequence[str]) -> list[f
         training = [c for c in cells if c.order != held_out]
         if not training:
             raise ValueError("a leave-one-order-out fit needs at least two orders")
-        x = np.stack([_features(c.order, c.task, tasks) for c in training])
-        y = np.array([c.measured for c in training])
-        theta, *_ = np.linalg.lstsq(x, y, rcond=None)
+        theta = _least_squares(training, tasks)
         for task in held_out:
             predictions[(held_out, task)] = float(_features(held_out, task, tasks) @ theta)
     return [predictions[(c.order, c.task)] for c in cells]
@@ -213,11 +216,8 @@ def bootstrap(
 
 
 def _interval(values: Sequence[float]) -> dict[str, float | None]:
-    finite = np.array([v for v in values if np.isfinite(v)])
-    if len(finite) == 0:
-        return {"low": None, "high": None, "undefined_draws": len(values)}
-    low, high = np.quantile(finite, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return {"low": float(low), "high": float(high), "undefined_draws": len(values) - len(finite)}
+    low, high, undefined = percentile_interval(np.asarray(values, dtype=np.float64))
+    return {"low": low, "high": high, "undefined_draws": undefined}
 
 
 def check_predictors(

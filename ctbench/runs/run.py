@@ -405,7 +405,6 @@ class Run:
         )
         model = self._with_adapters(self._load(self.base_path), derived_seed(seed, 0, 5, position))
         engine.bind(model)
-        before = meter.to_json()["probe"]
         started = time.perf_counter()
         with meter.timed("probe"):
             gradients = {
@@ -415,7 +414,6 @@ class Run:
                 for k, task in enumerate(probe.tasks)
             }
         wall = time.perf_counter() - started
-        after = meter.to_json()["probe"]
         result = {
             "tasks": list(probe.tasks),
             "transfer_adam": first_order_transfer(probe.tasks, gradients, "adam"),
@@ -423,9 +421,8 @@ class Run:
             "cosine": gradient_cosines(probe.tasks, gradients),
             "mean_reward": {t: g.mean_reward for t, g in gradients.items()},
             "batches": probe.batches,
-            "samples": after.get("samples", 0.0) - before.get("samples", 0.0),
-            "generated_tokens": after.get("generated_tokens", 0.0)
-            - before.get("generated_tokens", 0.0),
+            "samples": sum(g.samples for g in gradients.values()),
+            "generated_tokens": sum(g.generated_tokens for g in gradients.values()),
             "wall_s": wall,
         }
         del gradients, model
