@@ -547,6 +547,19 @@ def report(paths: tuple[Path, ...]) -> None:
     help="A folder of lm-eval task YAML files (e.g. tasks reading a local JSON-lines file).",
 )
 @click.option("--limit", type=int, default=None, help="At most N examples per task.")
+@click.option(
+    "--num-fewshot",
+    type=int,
+    default=None,
+    help="Few-shot examples for every task (default: each task's own count).",
+)
+@click.option(
+    "--chat-template",
+    default="auto",
+    show_default=True,
+    help="auto, on or off: render requests (few-shot examples as turns) through the "
+    "tokenizer's chat template; auto: on for a chat track whose tokenizer has one.",
+)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 def eval_general(
@@ -554,6 +567,8 @@ def eval_general(
     tasks: str,
     include_path: Path | None,
     limit: int | None,
+    num_fewshot: int | None,
+    chat_template: str,
     batch_size: int,
     device: str,
 ) -> None:
@@ -569,6 +584,8 @@ def eval_general(
         limit=limit,
         batch_size=batch_size,
         device=device,
+        num_fewshot=num_fewshot,
+        chat_template=chat_template,
         note=lambda message: console.print(escape(message), highlight=False),
     )
     table = Table(title=f"general ability (lm-eval {summary['lm_eval_version']}): {run_dir.name}")

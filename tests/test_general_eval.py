@@ -133,7 +133,7 @@ def test_the_final_model_is_scored_with_its_adapters_folded(run_dir: Path) -> No
     from ctbench.training.tiny_base import ensure_base_checkpoint
 
     result = json.loads((run_dir / "result.json").read_text())
-    _, base, load_final = load_models(run_dir, result, run_dir / FINAL_MODEL, "cpu")
+    _, base, load_final, _ = load_models(run_dir, result, run_dir / FINAL_MODEL, "cpu")
     final = load_final()
     assert not adapters.is_adapted(final)
     track = json.loads((run_dir / "config.json").read_text())["track"]
@@ -164,6 +164,8 @@ def test_eval_general_scores_base_and_final_and_overwrites_atomically(
     first = json.loads(path.read_text())
     assert first["lm_eval_version"] == lm_eval.__version__
     assert first["limit"] is None and isinstance(first["seed"], int) and first["created"]
+    # the tiny track is no chat track and its tokenizer has no template: auto is off
+    assert first["protocol"] == {"num_fewshot": None, "chat_template": False}
     assert first["final_model"] == {"path": FINAL_MODEL, "kind": "adapters"}
     assert set(first["tasks"]) == set(TASKS)
     assert set(first["tasks"]["ctbench_fixture_choice"]["metrics"]) == {"acc", "acc_norm"}
@@ -218,6 +220,72 @@ def test_a_run_whose_final_model_is_the_base_scores_it_once(run_dir: Path, work:
     summary = json.loads((copy / "general_eval.json").read_text())
     assert summary["final_model"] is None and summary["final"] == summary["base"]
     assert set(summary["delta"][TASKS[0]].values()) == {0.0}
+
+
+# ------------------------------------------------------------------------ protocol
+def test_the_protocol_follows_the_track_and_the_tokenizer() -> None:
+    from ctbench.errors import UserError
+    from ctbench.runs.general_eval import Protocol, resolve_protocol
+
+    chat = SimpleNamespace(chat_template="{{ messages }}")
+    plain = SimpleNamespace(chat_template=None)
+    assert resolve_protocol(None, "auto", track_chat=True, tokenizer=chat) == Protocol(None, True)
+    assert resolve_protocol(3, "auto", track_chat=False, tokenizer=chat) == Protocol(3, False)
+    assert resolve_protocol(None, "auto", track_chat=True, tokenizer=plain) == Protocol()
+    assert resolve_protocol(0, "on", track_chat=False, tokenizer=chat) == Protocol(0, True)
+    assert resolve_protocol(None, "off", track_chat=True, tokenizer=chat) == Protocol()
+    with pytest.raises(UserError, match="--chat-template: the run's tokenizer has no chat"):
+        resolve_protocol(None, "on", track_chat=True, tokenizer=plain)
+    with pytest.raises(UserError, match="--chat-template: expected one of auto, on, off"):
+        resolve_protocol(None, "yes", track_chat=True, tokenizer=chat)
+    with pytest.raises(UserError, match="--num-fewshot: expected a number of few-shot"):
+        resolve_protocol(-1, "auto", track_chat=True, tokenizer=chat)
+
+
+@pytest.mark.slow
+def test_a_chat_protocol_renders_requests_and_shots_as_turns(monkeypatch, tmp_path) -> None:
+    """What lm-eval is asked under each protocol, read from its logged requests: the tiny
+    model with a chat template of its own (markers it can spell), one task of each kind."""
+    pytest.importorskip("lm_eval", reason="lm-eval is the eval extra: pip install 'ctbench[eval]'")
+    import lm_eval
+
+    from ctbench.runs.general_eval import Protocol, _score, task_manager
+    from ctbench.tracks.track import load_track
+    from ctbench.training.tiny_base import load_base
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    monkeypatch.chdir(FIXTURES)  # the YAMLs name their data relatively
+    model, tokenizer, _ = load_base(load_track("tiny"))
+    tokenizer.chat_template = (
+        "{% for m in messages %}({{ m['role'] }}){{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}(assistant){% endif %}"
+    )
+    manager = task_manager(TASKS, FIXTURES)
+
+    def contexts(protocol: Protocol) -> tuple[dict[str, str], dict[str, int]]:
+        out = _score(lm_eval, model, tokenizer, TASKS, manager, 2, 4, protocol)
+        return {name: out["samples"][name][0]["arguments"][0][0] for name in TASKS}, out["n-shot"]
+
+    plain, shots = contexts(Protocol())
+    assert plain == {TASKS[0]: "51+2=", TASKS[1]: "73+0="} and set(shots.values()) == {0}
+    chat, shots = contexts(Protocol(num_fewshot=1, chat_template=True))
+    assert set(shots.values()) == {1}
+    for name, question in ((TASKS[0], "51+2="), (TASKS[1], "73+0=")):
+        # one example as a user turn and an assistant turn, then the question
+        assert chat[name].count("(user)") == 2 and chat[name].count("(assistant)") == 2
+        assert chat[name].startswith("(user)")
+        assert chat[name].endswith(f"(user){question}(assistant)")
+
+
+def test_bad_protocol_options_are_one_line_before_anything_loads(work: Path) -> None:
+    missing = work / "never-made"
+    args = ["eval-general", str(missing), "--num-fewshot", "-2"]
+    message = one_line_error(ctbench(*args, work=work))
+    assert "--num-fewshot: expected a number of few-shot examples >= 0, got -2" in message
+    message = one_line_error(
+        ctbench("eval-general", str(missing), "--chat-template", "maybe", work=work)
+    )
+    assert "--chat-template: expected one of auto, on, off, got 'maybe'" in message
 
 
 # -------------------------------------------------------------------------- errors

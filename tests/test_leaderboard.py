@@ -336,3 +336,28 @@ def test_general_ability_is_averaged_over_the_seeds_that_have_it(tmp_path):
     )
     with pytest.raises(UserError, match=r"scores run 'other'.*ctbench eval-general"):
         general_ability(runs)
+
+
+def test_general_ability_refuses_seeds_scored_under_different_protocols(tmp_path):
+    """A 5-shot chat-template delta and a zero-shot plain one measure different things; a
+    file from before the protocol was recorded counts as lm-eval's defaults."""
+    from ctbench.results.leaderboard import general_ability
+    from ctbench.results.leaderboard_page import _general
+
+    chat = {"num_fewshot": 5, "chat_template": True}
+    runs = []
+    for seed, protocol in ((0, chat), (1, chat), (2, None)):
+        run_dir = tmp_path / f"s{seed}"
+        run_dir.mkdir()
+        result = {"run_id": f"r{seed}", "result_hash": f"h{seed}", "seed": seed}
+        summary = {"run_id": f"r{seed}", "result_hash": f"h{seed}", "delta": {"arc": {"acc": 0.1}}}
+        if protocol is not None:
+            summary["protocol"] = protocol
+        (run_dir / "general_eval.json").write_text(json.dumps(summary))
+        runs.append((run_dir, result))
+    general = general_ability(runs[:2])
+    assert general["protocol"] == chat
+    assert _general({"general": general}) == "(chat template, 5-shot) arc acc +0.100 (n=2)"
+    assert general_ability(runs[2:])["protocol"] == {"num_fewshot": None, "chat_template": False}
+    with pytest.raises(UserError, match=r"s2/general_eval.json: scored under protocol .*s0"):
+        general_ability(runs)

@@ -319,12 +319,20 @@ def _entry(runs: list[tuple[Path, dict[str, Any]]], samples: int) -> dict[str, A
     }
 
 
+def general_protocol(summary: dict[str, Any]) -> dict[str, Any]:
+    """How an eval-general summary prompted the models; files written before the protocol
+    was recorded used lm-eval's defaults (each task's few-shot count, no chat template)."""
+    return summary.get("protocol") or {"num_fewshot": None, "chat_template": False}
+
+
 def general_ability(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any] | None:
     """lm-eval's final − base per task and metric, averaged over the seeds whose run folder
     holds a ``general_eval.json`` (``ctbench eval-general``) of that very result; None when
     none does. A file naming another result (run id or result hash) is refused: it would
-    credit one run's general ability to another."""
+    credit one run's general ability to another; so are seeds scored under different
+    protocols (few-shot count, chat template), whose deltas measure different things."""
     found: list[tuple[int, dict[str, Any]]] = []
+    protocols: dict[str, Path] = {}
     for run_dir, result in runs:
         path = run_dir / GENERAL_EVAL
         if not path.exists():
@@ -345,6 +353,16 @@ def general_ability(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any] |
                 f"`ctbench eval-general {run_dir}`",
                 where=str(path),
             )
+        protocol = json.dumps(general_protocol(data), sort_keys=True)
+        if protocols and protocol not in protocols:
+            (other_protocol, other_path), *_ = protocols.items()
+            raise UserError(
+                f"scored under protocol {protocol} but {other_path} under {other_protocol}; "
+                "score every seed alike (`ctbench eval-general` with the same --num-fewshot "
+                "and --chat-template)",
+                where=str(path),
+            )
+        protocols.setdefault(protocol, path)
         found.append((result["seed"], data))
     if not found:
         return None
@@ -358,6 +376,7 @@ def general_ability(runs: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any] |
         "seeds": sorted(seed for seed, _ in found),
         "lm_eval_versions": sorted({str(d.get("lm_eval_version")) for _, d in found}),
         "limits": sorted({d.get("limit") for _, d in found}, key=lambda v: (v is None, v)),
+        "protocol": general_protocol(found[0][1]),
         "delta": {
             task: {m: {"mean": sum(v) / len(v), "n": len(v)} for m, v in sorted(ms.items())}
             for task, ms in sorted(values.items())

@@ -83,7 +83,15 @@ def _general(entry: dict[str, Any]) -> str:
         if metrics:
             metric, value = next(iter(metrics.items()))
             parts.append(f"{task} {metric.split(',')[0]} {value['mean']:+.3f} (n={value['n']})")
-    return "; ".join(parts) or "—"
+    if not parts:
+        return "—"
+    protocol = general.get("protocol") or {}
+    how = []  # said only where it departs from lm-eval's defaults
+    if protocol.get("chat_template"):
+        how.append("chat template")
+    if protocol.get("num_fewshot") is not None:
+        how.append(f"{protocol['num_fewshot']}-shot")
+    return (f"({', '.join(how)}) " if how else "") + "; ".join(parts)
 
 
 def _share(value: float | None) -> str:

@@ -6,6 +6,14 @@ for; this measures it on whatever lm-eval measures (a registry task such as ``ar
 or a local task YAML under ``--include-path``). Both models go through the same harness
 with the same fixed seeds, so ``delta`` (final − base) is the effect of the run alone.
 
+How the models are prompted is part of what is measured, so it is chosen once and recorded
+(``protocol`` in the output): ``num_fewshot`` overrides every task's own few-shot count, and
+``chat_template`` renders each request through the tokenizer's chat template, few-shot
+examples as turns (lm-eval's ``apply_chat_template`` and ``fewshot_as_multiturn``), which is
+how an instruction-tuned model is meant to be asked. By default the template is used when
+the run's track is a chat track and its tokenizer has one, so a chat model is scored the way
+it was trained. The leaderboard refuses to average seeds scored under different protocols.
+
 The final model is the run's ``final-model/`` (adapters over the track's base, folded into
 plain weights first, or full weights); a run whose main line trained nothing (``final_model``
 null in result.json) has the base as its final model, scored once.
@@ -23,6 +31,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,52 @@ OUTPUT = "general_eval.json"
 SEED = 1234
 # Dataset builders that read local files (dataset_kwargs.data_files) rather than the Hub.
 _LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow"}
+
+
+CHAT_TEMPLATE_CHOICES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How lm-eval prompts both models: it changes the scores, so it is recorded and compared.
+
+    ``num_fewshot`` None keeps each task's own count."""
+
+    num_fewshot: int | None = None
+    chat_template: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_protocol(
+    num_fewshot: int | None, chat_template: str, *, track_chat: bool, tokenizer: Any
+) -> Protocol:
+    """The protocol for a run's tokenizer: ``chat_template`` is auto, on or off (auto: on
+    for a chat track whose tokenizer has a template)."""
+    check_protocol_options(num_fewshot, chat_template)
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat_template == "on" and not has_template:
+        raise UserError(
+            "the run's tokenizer has no chat template to render requests with; "
+            "use --chat-template off",
+            where="--chat-template",
+        )
+    use = chat_template == "on" or (chat_template == "auto" and track_chat and has_template)
+    return Protocol(num_fewshot=num_fewshot, chat_template=use)
+
+
+def check_protocol_options(num_fewshot: int | None, chat_template: str) -> None:
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(
+            f"expected a number of few-shot examples >= 0, got {num_fewshot}",
+            where="--num-fewshot",
+        )
+    if chat_template not in CHAT_TEMPLATE_CHOICES:
+        raise UserError(
+            f"expected one of {', '.join(CHAT_TEMPLATE_CHOICES)}, got {chat_template!r}",
+            where="--chat-template",
+        )
 
 
 def _lm_eval() -> Any:
@@ -170,8 +225,8 @@ def _is_fetch_failure(exc: BaseException) -> bool:
 
 # --------------------------------------------------------------------------- models
 def load_models(run_dir: Path, result: dict[str, Any], final_dir: Path | None, device: str):
-    """(tokenizer, base model, load_final) for the run's track; the final model is loaded
-    only after the base was scored, so two models never share memory."""
+    """(tokenizer, base model, load_final, track is chat) for the run's track; the final
+    model is loaded only after the base was scored, so two models never share memory."""
     from ctbench.runs.config import RunConfig
     from ctbench.tracks.track import load_track
     from ctbench.training import adapters
@@ -198,10 +253,19 @@ def load_models(run_dir: Path, result: dict[str, Any], final_dir: Path | None, d
             model = model.merge_and_unload()
         return model
 
-    return tokenizer, base.to(device), load_final
+    return tokenizer, base.to(device), load_final, track.spec.chat
 
 
-def _score(lm_eval: Any, model: Any, tokenizer: Any, names, manager, limit, batch_size):
+def _score(
+    lm_eval: Any,
+    model: Any,
+    tokenizer: Any,
+    names: Sequence[str],
+    manager: Any,
+    limit: int | None,
+    batch_size: int,
+    protocol: Protocol,
+) -> dict[str, Any]:
     from lm_eval.models.huggingface import HFLM
 
     model.eval()
@@ -217,6 +281,9 @@ def _score(lm_eval: Any, model: Any, tokenizer: Any, names, manager, limit, batc
         model=lm,
         tasks=list(names),
         limit=limit,
+        num_fewshot=protocol.num_fewshot,
+        apply_chat_template=protocol.chat_template,
+        fewshot_as_multiturn=protocol.chat_template,
         task_manager=manager,
         log_samples=True,  # for each task's docs_hash
         random_seed=SEED,
@@ -278,6 +345,7 @@ def summarise(
     limit: int | None,
     batch_size: int,
     device: str,
+    protocol: Protocol = Protocol(),
 ) -> dict[str, Any]:
     """general_eval.json from lm-eval's two results: every task (and group) it reported."""
     tasks: dict[str, Any] = {}
@@ -324,6 +392,7 @@ def summarise(
         "delta": delta,
         "stderr": stderr,
         "limit": limit,
+        "protocol": protocol.to_json(),
         "seed": SEED,
         "batch_size": batch_size,
         "device": device,
@@ -339,6 +408,8 @@ def evaluate_general(
     limit: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    num_fewshot: int | None = None,
+    chat_template: str = "auto",
     note=print,
 ) -> tuple[Path, dict[str, Any]]:
     """Score the run's base and final model on ``tasks``; write and return general_eval.json."""
@@ -348,6 +419,7 @@ def evaluate_general(
         raise UserError(f"expected a positive number of examples, got {limit}", where="--limit")
     if batch_size <= 0:
         raise UserError(f"expected a positive batch size, got {batch_size}", where="--batch-size")
+    check_protocol_options(num_fewshot, chat_template)  # before anything loads
     device = resolve_device(device)
     result, final_dir = finished_run(run_dir)
     lm_eval = _lm_eval()
@@ -356,16 +428,24 @@ def evaluate_general(
     hf_logging.disable_progress_bar()
     manager = task_manager(tasks, include_path)
     check_tasks(manager, tasks)
-    tokenizer, base_model, load_final = load_models(run_dir, result, final_dir, device)
+    tokenizer, base_model, load_final, track_chat = load_models(run_dir, result, final_dir, device)
+    protocol = resolve_protocol(
+        num_fewshot, chat_template, track_chat=track_chat, tokenizer=tokenizer
+    )
+    shots = "each task's own" if protocol.num_fewshot is None else str(protocol.num_fewshot)
+    template = "with" if protocol.chat_template else "without"
+    note(f"prompting {template} the chat template, few-shot examples: {shots}")
     note(f"scoring the base model on {', '.join(tasks)}")
-    base = _score(lm_eval, base_model, tokenizer, tasks, manager, limit, batch_size)
+    base = _score(lm_eval, base_model, tokenizer, tasks, manager, limit, batch_size, protocol)
     del base_model
     if final_dir is None:
         note("the run's main line trained nothing: its final model is the base")
         final = base
     else:
         note(f"scoring the final model ({result['final_model']['kind']})")
-        final = _score(lm_eval, load_final(), tokenizer, tasks, manager, limit, batch_size)
+        final = _score(
+            lm_eval, load_final(), tokenizer, tasks, manager, limit, batch_size, protocol
+        )
     summary = summarise(
         base,
         final,
@@ -374,6 +454,7 @@ def evaluate_general(
         limit=limit,
         batch_size=batch_size,
         device=device,
+        protocol=protocol,
     )
     path = run_dir / OUTPUT
     write_json_atomic(path, summary)
