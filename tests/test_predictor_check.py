@@ -106,6 +106,22 @@ def test_statistics_match_scipy_and_a_constant_bias_changes_no_correlation():
         assert unbiased[key] == pytest.approx(stats[key])
 
 
+def test_centring_is_within_each_task_and_seed():
+    """One task, two orders, two seeds, no order effect at all: the levels differ by seed on
+    both sides. Centred over both seeds together that shared seed effect read as a perfect
+    order effect (+1.0); within each seed nothing is left to correlate."""
+    from ctbench.results.predictor_check import Cell
+
+    cells = [
+        Cell(order=order, seed=seed, task="a", measured=measured, probe_predicted=predicted)
+        for seed, measured, predicted in ((0, 0.5, 0.3), (1, 0.7, 0.4))
+        for order in (("a", "b"), ("b", "a"))
+    ]
+    stats = statistics(cells, [c.probe_predicted for c in cells])
+    assert stats["pooled_pearson"] == pytest.approx(1.0)
+    assert np.isnan(stats["centred_pearson"]) and np.isnan(stats["centred_spearman"])
+
+
 def test_check_predictors_reports_both_predictors_with_cis_that_cover_the_point():
     found = check_predictors([report(0, 0.03), report(1, 0.03)], draws=200)
     assert found["orders"] == 24 and found["cells"] == 192 and found["seeds"] == [0, 1]

@@ -5,7 +5,10 @@ eval items, so the bootstrap resamples at both levels: seeds with replacement, t
 each drawn seed, that run's eval items with replacement (task by task; ACC is the mean of
 the task means). With one seed only the item level remains, which is said in the output.
 Paired differences against a reference strategy pair runs by seed (same seed, same base,
-same data order where the strategies share it) and resample seeds and items the same way.
+same data order where the strategies share it) *and* by eval item: every strategy of a
+track is scored on the same eval items (the split comes from the task's data seed, not the
+run's), so one draw of item indices serves both sides. Drawing them apart would count each
+item's difficulty twice and widen the interval of a difference for nothing.
 
 Also the correlation of predicted with measured scores (``validate-prediction`` and its
 figure), with its undefined cases named.
@@ -54,6 +57,25 @@ def _resampled_acc(items: RunItems, rng: np.random.Generator) -> float:
     return float(np.mean(means))
 
 
+def _item_differences(runs: RunItems, reference: RunItems, seed: int) -> dict[str, np.ndarray]:
+    """Per task, the item-by-item score difference of two runs on the same eval items."""
+    if set(runs) != set(reference):
+        raise ValueError(
+            f"seed {seed}: the runs score different tasks ({sorted(runs)} vs {sorted(reference)})"
+        )
+    differences = {}
+    for task, scores in runs.items():
+        if len(scores) != len(reference[task]):
+            raise ValueError(
+                f"seed {seed}, task {task!r}: {len(scores)} eval items against "
+                f"{len(reference[task])}; a paired difference needs the same eval items"
+            )
+        differences[task] = np.asarray(scores, dtype=np.float64) - np.asarray(
+            reference[task], dtype=np.float64
+        )
+    return differences
+
+
 def bootstrap_acc(
     runs: Sequence[RunItems], *, samples: int = 2000, seed: int = 0, level: float = 0.95
 ) -> Interval:
@@ -82,17 +104,20 @@ def bootstrap_paired_difference(
     seed: int = 0,
     level: float = 0.95,
 ) -> Interval:
-    """ACC(runs) − ACC(reference) over the seeds both have, paired by seed."""
+    """ACC(runs) − ACC(reference) over the seeds both have, paired by seed and by item.
+
+    ACC is a mean of task means, so the difference of ACCs is the mean over tasks of the
+    mean item-by-item difference: resampling those differences resamples both sides with
+    the same items."""
     shared = sorted(set(runs) & set(reference))
     if not shared:
         raise ValueError("the two strategies share no seed")
+    differences = {s: _item_differences(runs[s], reference[s], s) for s in shared}
     rng = np.random.default_rng(seed)
     draws = np.empty(samples)
     for b in range(samples):
         chosen = [shared[i] for i in rng.integers(0, len(shared), len(shared))]
-        draws[b] = np.mean(
-            [_resampled_acc(runs[s], rng) - _resampled_acc(reference[s], rng) for s in chosen]
-        )
+        draws[b] = np.mean([_resampled_acc(differences[s], rng) for s in chosen])
     alpha = (1.0 - level) / 2.0
     return Interval(
         mean=float(np.mean([run_acc(runs[s]) - run_acc(reference[s]) for s in shared])),

@@ -121,10 +121,11 @@ def _correlations(predicted: np.ndarray, measured: np.ndarray) -> tuple[float, f
     )
 
 
-def _centred(values: np.ndarray, tasks: np.ndarray) -> np.ndarray:
+def _centred(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each value less the mean of its group (here: one task at one seed)."""
     out = values.copy()
-    for task in np.unique(tasks):
-        chosen = tasks == task
+    for group in np.unique(groups):
+        chosen = groups == group
         out[chosen] -= values[chosen].mean()
     return out
 
@@ -143,9 +144,12 @@ def statistics(
     copy_of = np.zeros(len(chosen), dtype=np.int64) if copies is None else copies
     pred = np.asarray(predicted, dtype=np.float64)[chosen]
     meas = np.array([cells[k].measured for k in chosen])
-    tasks = np.array([cells[k].task for k in chosen])
+    # Centred within each (task, seed): a task's level may differ by seed on both sides
+    # (each seed's probes come from its own bwt run), and centring over all seeds together
+    # would let that shared seed effect pass for an order effect.
+    groups = np.array([f"{cells[k].task}\x00{cells[k].seed}" for k in chosen])
     pooled = _correlations(pred, meas)
-    centred = _correlations(_centred(pred, tasks), _centred(meas, tasks))
+    centred = _correlations(_centred(pred, groups), _centred(meas, groups))
     runs: dict[tuple[tuple[str, ...], int, int], list[int]] = {}
     for position, k in enumerate(chosen):
         runs.setdefault((cells[k].order, cells[k].seed, int(copy_of[position])), []).append(
