@@ -683,8 +683,12 @@ def compare(
     for column in ("strategy", "ACC", "BWT", "forgetting", "steps", "wall s", "ACC − joint"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
 
-    def fmt(value) -> str:
-        return "n/a" if value is None else f"{value:+.3f}"
+    def fmt(row: dict, metric: str) -> str:
+        value, defined = row[metric], row["defined_seeds"][metric]
+        if value is None:
+            return "n/a"
+        partial = f" ({defined}/{len(row['seeds'])} seeds)" if defined < len(row["seeds"]) else ""
+        return f"{value:+.3f}{partial}"
 
     for row in sorted(summary["rows"], key=lambda r: -r["acc"]["mean"]):
         acc = row["acc"]
@@ -692,8 +696,8 @@ def compare(
         table.add_row(
             row["strategy"],
             f"{acc['mean']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]",
-            fmt(row["bwt"]),
-            fmt(row["forgetting"]),
+            fmt(row, "bwt"),
+            fmt(row, "forgetting"),
             f"{row['optimizer_steps']:.0f}",
             f"{row['wall_s']:.0f}",
             "—"

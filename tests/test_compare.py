@@ -117,6 +117,9 @@ def test_grid_runs_cells_once_and_summarises(tmp_path):
     assert rows["joint"]["acc"]["n_seeds"] == 2 and "minus_joint" not in rows["joint"]
     assert rows["random"]["minus_joint"]["n_seeds"] == 2
     assert rows["random"]["optimizer_steps"] == 4
+    # joint trains in one stage: BWT is defined at no seed; random's at both
+    assert rows["joint"]["bwt"] is None and rows["joint"]["defined_seeds"]["bwt"] == 0
+    assert rows["random"]["defined_seeds"] == {"bwt": 2, "forgetting": 2, "merge_loss": 0}
 
 
 def test_compare_cli_bad_strategy_exits_2(tmp_path):

@@ -357,6 +357,30 @@ def test_mean_difference_ci_is_paired_t_welch_t_or_the_point(tmp_path):
     )
 
 
+def test_an_arm_is_one_parameter_setting(tmp_path):
+    """bwt with its probes (three seeds) and with the gradient estimate (two of the same
+    seeds): the arm is the larger setting, paired with joint by seed, and the rest is named;
+    two settings with equally many runs skip the claim, naming both."""
+    runs = [make_result(f"joint-s{s}", "joint", s, 0.5) for s in range(3)]
+    runs += [make_result(f"bwt-s{s}", "bwt", s, 0.75) for s in range(3)]
+    gradient = {"estimator": "gradient"}
+    runs += [make_result(f"bwt-g{s}", "bwt", s, 0.25, params=gradient) for s in range(2)]
+    c2a = claim(findings_of(write_runs(tmp_path / "a", runs)), "C2a")
+    assert c2a["inputs"]["paired"] and c2a["effect"]["estimate"] == 0.25
+    assert [r["run_id"] for r in c2a["inputs"]["arms"]["bwt"]["runs"]] == [
+        "bwt-s0", "bwt-s1", "bwt-s2"
+    ]  # fmt: skip
+    assert any(
+        w.startswith("C2a: the bwt arm is its 3 runs with params {}; left out: params "
+                     '{"estimator": "gradient"} (2 runs)')
+        for w in c2a["warnings"]
+    )  # fmt: skip
+    runs.append(make_result("bwt-g2", "bwt", 2, 0.25, params=gradient))
+    c2a = claim(findings_of(write_runs(tmp_path / "b", runs)), "C2a")
+    assert c2a["verdict"] == "skipped"
+    assert "bwt runs come in several settings with equally many runs" in c2a["reason"]
+
+
 def test_claims_without_inputs_are_skipped(tmp_path):
     runs = [make_result(f"joint-s{s}", "joint", s, 0.5 + s / 100) for s in range(3)]
     found = findings_of(write_runs(tmp_path, runs))

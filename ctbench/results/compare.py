@@ -106,10 +106,14 @@ def summarise(
             "seeds": seeds,
             "acc": bootstrap_acc([items[(name, s)] for s in seeds], samples=samples).to_json(),
         }
+        row["defined_seeds"] = {}
         for metric in ("bwt", "forgetting", "merge_loss"):
             values = [r["metrics"].get(metric) for r in chosen]
             defined = [v for v in values if v is not None]
             row[metric] = sum(defined) / len(defined) if defined else None
+            # A mean over fewer seeds than the row has must say so (a schedule may leave
+            # BWT undefined at one seed: joint-like in one stage).
+            row["defined_seeds"][metric] = len(defined)
         row["optimizer_steps"] = sum(
             sum(p["optimizer_steps"] for p in r["compute"].values()) for r in chosen
         ) / len(chosen)

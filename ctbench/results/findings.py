@@ -457,13 +457,6 @@ def _budget_warning(claim: str, runs: Sequence[RunRecord]) -> list[str]:
     return [f"{claim}: budgets differ among its runs: {shown}"]
 
 
-def _params_warning(claim: str, arm: str, runs: Sequence[RunRecord]) -> list[str]:
-    params = {json.dumps(r.result["strategy"].get("params", {}), sort_keys=True) for r in runs}
-    if len(params) < 2:
-        return []
-    return [f"{claim}: the {arm} runs differ in parameters: {'; '.join(sorted(params))}"]
-
-
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -681,6 +674,13 @@ def claim_difference(
     if not arm_a or not arm_b:
         missing = " and ".join(name for name, arm in ((ours, arm_a), (theirs, arm_b)) if not arm)
         return _skipped(claim_id, title, test, paper, f"{NO_RUNS} (no {missing} runs)")
+    setting_warnings = []
+    for name, arm in ((ours, arm_a), (theirs, arm_b)):
+        kept, note = _one_setting(claim_id, name, arm)
+        if kept is None:
+            return _skipped(claim_id, title, test, paper, note)
+        arm[:] = kept
+        setting_warnings += [note] if note else []
     a = np.array([r.acc for r in arm_a])
     b = np.array([r.acc for r in arm_b])
     seeds_a, seeds_b = [r.seed for r in arm_a], [r.seed for r in arm_b]
@@ -717,9 +717,38 @@ def claim_difference(
             "interval": interval,
             "min_runs_per_arm": MIN_RUNS,
         },
-        warnings=_budget_warning(claim_id, arm_a + arm_b)
-        + _params_warning(claim_id, ours, arm_a)
-        + _params_warning(claim_id, theirs, arm_b),
+        warnings=_budget_warning(claim_id, arm_a + arm_b) + setting_warnings,
+    )
+
+
+def _setting(run: RunRecord) -> str:
+    return "params " + json.dumps(run.result["strategy"].get("params", {}), sort_keys=True)
+
+
+def _one_setting(claim: str, name: str, arm: list[RunRecord]) -> tuple[list[RunRecord] | None, str]:
+    """An arm's runs of one parameter setting: the setting with the most runs (budgets that
+    differ are a warning of their own, :func:`_budget_warning`).
+
+    Two settings of one strategy (bwt with its probes and with the gradient estimate, say)
+    are two arms, not more seeds of one: pooled, their runs at one seed would be counted as
+    independent and the pairing by seed lost. With no single largest setting the claim is
+    skipped, naming the settings."""
+    by_setting: dict[str, list[RunRecord]] = {}
+    for run in arm:
+        by_setting.setdefault(_setting(run), []).append(run)
+    if len(by_setting) == 1:
+        return arm, ""
+    ranked = sorted(by_setting.items(), key=lambda item: -len(item[1]))
+    (kept_setting, kept), (_, runner_up) = ranked[0], ranked[1]
+    if len(kept) == len(runner_up):
+        settings = "; ".join(f"{setting} ({len(rs)} runs)" for setting, rs in ranked)
+        return None, (
+            f"{NO_RUNS} (the {name} runs come in several settings with equally many runs: "
+            f"{settings}; pass the runs of one)"
+        )
+    left = "; ".join(f"{setting} ({len(rs)} runs)" for setting, rs in ranked[1:])
+    return kept, (
+        f"{claim}: the {name} arm is its {len(kept)} runs with {kept_setting}; left out: {left}"
     )
 
 
