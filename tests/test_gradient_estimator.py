@@ -106,6 +106,10 @@ def test_task_gradient_is_the_engines_own_first_grpo_direction_and_changes_no_we
 
     again = task_gradient(engine, "math", batches=1, seed=11)
     assert torch.equal(again.reward_gradient, measured.reward_gradient)
+    # creative's rubric judge remembers recent training outputs; a measurement leaves its
+    # memory as a stage does (empty), so a resumed run (which replays it) sees the same
+    task_gradient(engine, "creative", batches=1, seed=11)
+    assert len(engine.rewards["creative"].recent) == 0
     with pytest.raises(ValueError, match="at least one batch"):
         task_gradient(engine, "math", batches=0, seed=1)
 

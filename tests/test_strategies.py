@@ -283,6 +283,35 @@ def test_bad_plugins_are_refused_before_a_run_folder_exists(tmp_path, source, re
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_report_with_nan_is_refused_when_it_is_made(tmp_path):
+    """result.json is written without NaN: a NaN in ctx.report is the strategy's error at
+    once, not a run that can never write its result."""
+    from types import SimpleNamespace
+
+    from ctbench.strategy import StrategyFailed
+
+    fake = SimpleNamespace(_where=lambda: "strategy x")
+    Run._check_report(fake, {"fine": [1.0, None, "a"]})
+    for bad in (float("nan"), {"deep": [float("inf")]}):
+        with pytest.raises(StrategyFailed, match=r"ctx.report\['x'\] cannot be written as JSON"):
+            Run._check_report(fake, {"x": bad})
+
+
+def test_a_resumed_folder_is_kept_when_its_strategy_fails_before_any_item(tmp_path):
+    """Only a folder made by this very run is removed when its strategy fails at once; a
+    resumed one (it may hold a judge's paid verdicts) is marked failed and kept."""
+    from ctbench.strategy import StrategyFailed
+
+    path = tmp_path / "crash.py"
+    path.write_text(PLUGIN.replace("yield Stage", "1 / 0\n        yield Stage"))
+    config = RunConfig(strategy=f"{path}:OneStage", budget=2)
+    made = Run.create(config, tmp_path / "out", SilentObserver())  # a folder, never run
+    (made.dir / "keep-me.txt").write_text("earlier work")
+    with pytest.raises(StrategyFailed, match="division by zero"):
+        Run.resume(made.dir, SilentObserver()).execute()
+    assert (made.dir / "keep-me.txt").exists() and (made.dir / "failed.json").exists()
+
+
 def test_exception_inside_schedule_leaves_no_partial_result(tmp_path):
     path = tmp_path / "crash.py"
     path.write_text(PLUGIN.replace("yield Stage", "1 / 0\n        yield Stage"))

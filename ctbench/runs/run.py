@@ -110,8 +110,13 @@ def new_run_id(track_name: str, strategy_name: str, seed: int) -> str:
 class Run:
     """A run folder and everything needed to (re)start it."""
 
-    def __init__(self, run_dir: Path, config: RunConfig, observer: RunObserver) -> None:
+    def __init__(
+        self, run_dir: Path, config: RunConfig, observer: RunObserver, *, fresh: bool = False
+    ) -> None:
         self.dir = run_dir
+        # Made by this process just now (not resumed): only such a folder may be removed
+        # when its strategy fails before doing anything.
+        self.fresh = fresh
         self.judges: dict[str, LLMJudge] = {}  # the tasks scored by an LLM judge
         self.config = config
         self.observer = observer
@@ -156,7 +161,7 @@ class Run:
         staging = Path(tempfile.mkdtemp(prefix=".run-", dir=out))
         write_json_atomic(staging / "config.json", asdict(config))
         os.rename(staging, run_dir)
-        return cls(run_dir, config, observer)
+        return cls(run_dir, config, observer, fresh=True)
 
     @classmethod
     def resume(cls, run_dir: Path, observer: RunObserver) -> Run:
@@ -187,7 +192,7 @@ class Run:
             ) from exc
         except StrategyFailed as exc:
             done = self._abandon_if_nothing_trained()
-            if not done:
+            if done is None:
                 raise
             # Something only the running strategy could reveal: keep the finished items,
             # mark the folder failed (a leaderboard never mistakes it for a result), and say
@@ -460,12 +465,12 @@ class Run:
         """``ctx.report`` goes into result.json: refuse what JSON cannot hold now, not after
         the last stage."""
         for key, value in report.items():
-            try:
-                json.dumps(value, allow_nan=True)
+            try:  # as result.json is written: NaN and infinities are no JSON
+                json.dumps(value, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise StrategyFailed(
                     f"ctx.report[{key!r}] cannot be written as JSON ({exc}); report plain "
-                    "numbers, strings, lists and dicts",
+                    "finite numbers (None for a missing one), strings, lists and dicts",
                     where=self._where(),
                 ) from exc
 
@@ -497,14 +502,18 @@ class Run:
                 ) from exc
             yield item
 
-    def _abandon_if_nothing_trained(self) -> int:
-        """A strategy that fails before its first item leaves no folder behind; returns how
-        many items the folder keeps (0: it was removed)."""
+    def _abandon_if_nothing_trained(self) -> int | None:
+        """A fresh run whose strategy fails before its first item leaves no folder behind;
+        returns how many items the folder keeps (None: it was removed). A resumed folder is
+        never removed, nor one holding paid-for work without an item yet (an LLM judge's
+        verdicts, a gradient probe's measurements)."""
         state = self._load_state_quietly()
-        if state is None or not state["items"]:
+        done = len(state["items"]) if state is not None else 0
+        paid = (self.dir / JUDGE_CACHE).exists() or bool(state and state.get("measurements"))
+        if self.fresh and done == 0 and not paid:
             shutil.rmtree(self.dir, ignore_errors=True)
-            return 0
-        return len(state["items"])
+            return None
+        return done
 
     # --------------------------------------------------------------------- checking
     def _check_item(

@@ -67,6 +67,17 @@ def task_gradient(
     is booked to ``phase``; no optimizer step is taken and the weights do not change."""
     if batches < 1:
         raise ValueError(f"expected at least one batch, got {batches}")
+    try:
+        return _task_gradient(engine, task, batches, seed, phase)
+    finally:
+        # Scoring for training fills a stateful judge's memory (the rubric judge's recent
+        # outputs). A stage resets it when it ends, and so must a measurement: else the
+        # next stage starts with this probe's outputs in memory in an uninterrupted run and
+        # without them in a resumed one (which replays the probe from state.json).
+        engine.rewards[task].reset()
+
+
+def _task_gradient(engine: Engine, task: str, batches: int, seed: int, phase: str) -> TaskGradient:
     rng = random.Random(seed)
     generator = torch.Generator(device=engine.device).manual_seed(seed)
     params = trainable_parameters(engine.model)
