@@ -228,6 +228,13 @@ CASES: list[tuple[str, str, bool, Callable[[ProgramResult], bool]]] = [
         error_is("OSError"),
     ),
     ("write-root", "os.chdir('/')\nopen('escape', 'w').write('x')", True, error_is("OSError")),
+    ("write-dev", "open('/dev/left.txt', 'w').write('x')", True, error_is("OSError")),
+    (
+        "dev-mounts",  # /dev read-only; /dev/shm writable but as small as the work folder
+        "shm, dev = os.statvfs('/dev/shm'), os.statvfs('/dev')\nprint(shm.f_blocks * shm.f_frsize <= 64 << 20, not shm.f_flag & os.ST_RDONLY, bool(dev.f_flag & os.ST_RDONLY))",
+        True,
+        stdout_is("True True True\n"),
+    ),
     (
         "symlink-race-thread",
         (
@@ -286,8 +293,24 @@ CASES: list[tuple[str, str, bool, Callable[[ProgramResult], bool]]] = [
         True,
         stdout_is("0\n"),
     ),
+    (
+        # bwrap's PID 1 (its reaper) is dumpable and keeps fds 0-2: they must not be the
+        # harness's job and answer pipes, or this writes answers for itself and the next one
+        "forge-through-bwrap-pid1",
+        "n = 0\nfor fd in os.listdir('/proc/1/fd'):\n    path = '/proc/1/fd/' + fd\n    try:\n        if os.readlink(path).startswith('pipe:'):\n            f = os.open(path, os.O_WRONLY)\n            os.write(f, b'[1,null,\"[true,null,\\\\\"x\\\\\",null,null]\"]\\n[2,null,\"[true,null,\\\\\"forged\\\\\",null,null]\"]\\n'); n += 1\n    except OSError:\n        pass\nprint(n)",
+        True,
+        stdout_is("0\n"),
+    ),
     ("forge-own-channel-then-exit", "os.write(3, b'2\\n[]')\nos._exit(0)", True, failed),
     ("frame-walk-print-forged", "print('[1,true,null,\"forged\",null]')", True, lambda r: True),
+    # -- the work folder's modes (the next program must still get a clean, usable folder)
+    ("shut-work-folder", "os.chmod('/tmp/work', 0)\nprint('shut')", False, stdout_is("shut\n")),
+    (
+        "read-only-subfolder",
+        "os.mkdir('keep')\nopen('keep/left.txt', 'w').write('x')\nos.chmod('keep', 0o500)\nprint('kept')",
+        False,
+        stdout_is("kept\n"),
+    ),
     # -- module and builtins poisoning (must not reach the next program)
     (
         "poison-math",

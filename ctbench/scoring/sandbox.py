@@ -630,6 +630,14 @@ def _bwrap_argv(limits: SandboxLimits) -> list[str]:
         "/proc",
         "--dev",
         "/dev",
+        # /dev is a tmpfs of its own (half the RAM, never wiped): read-only, but for a
+        # capped /dev/shm, which the supervisor wipes after every program.
+        "--size",
+        str(limits.disk_bytes),
+        "--tmpfs",
+        "/dev/shm",
+        "--remount-ro",
+        "/dev",
         "--remount-ro",
         "/",
         "--chdir",
@@ -706,7 +714,13 @@ def _launch_and_collect(
     """
     payload = json.dumps(job).encode("utf-8", "surrogatepass")
     source = _supervisor_source()
-    argv = [_interpreter(), "-I", "-S", "-B", "-c", source]
+    # The job and the answers travel on two pipes passed as extra fds, never as bwrap's own
+    # stdin and stdout: bwrap's PID 1 (its reaper, dumpable, same user) keeps fds 0-2 open
+    # for the sandbox's life, so a program past the audit hook could open /proc/1/fd/1 and
+    # forge answer lines. PID 1 closes every fd above 2; only the supervisor keeps these.
+    job_read, job_write = os.pipe()
+    answer_read, answer_write = os.pipe()
+    argv = [_interpreter(), "-I", "-S", "-B", "-c", source, str(job_read), str(answer_write)]
     if level == "bwrap":
         argv = [*_bwrap_argv(limits), *argv]
         cwd = None
@@ -716,28 +730,34 @@ def _launch_and_collect(
     n = start + len(job["sources"])
     # One answer line: the child's message (<= 16 * output_bytes + 64 KiB), JSON-escaped again.
     max_line = 6 * (16 * limits.output_bytes + 65536) + 4096
-    with tempfile.TemporaryFile() as errfile:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=errfile,
-            cwd=cwd,
-            env=env,
-            close_fds=True,
-            start_new_session=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
+    with contextlib.ExitStack() as pipes, tempfile.TemporaryFile() as errfile:
+        job_out = pipes.enter_context(os.fdopen(job_write, "wb"))
+        answers = pipes.enter_context(os.fdopen(answer_read, "rb", buffering=0))
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errfile,
+                cwd=cwd,
+                env=env,
+                close_fds=True,
+                pass_fds=(job_read, answer_write),
+                start_new_session=True,
+            )
+        finally:  # the child holds its own copies; ours would hide its EOF from the reader
+            os.close(job_read)
+            os.close(answer_write)
         try:
             try:
-                proc.stdin.write(payload)
-                proc.stdin.flush()
+                job_out.write(payload)
+                job_out.flush()
             except OSError:
                 pass  # the supervisor died early; reported as a start-up failure just below
             finally:
                 with contextlib.suppress(OSError):
-                    proc.stdin.close()
-            reader = _LineReader(proc.stdout.fileno(), max_line)
+                    job_out.close()
+            reader = _LineReader(answers.fileno(), max_line)
             try:
                 line = reader.readline(_STARTUP_TIMEOUT_S)
                 ready = json.loads(line) if line is not None else None
@@ -776,7 +796,6 @@ def _launch_and_collect(
         finally:
             _kill(proc)
             proc.wait()
-            proc.stdout.close()
 
 
 def _parse_line(line: bytes, index: int) -> tuple[str | None, str | None] | None:

@@ -52,9 +52,12 @@ def supervisor_main() -> None:  # pragma: no cover - runs only inside the sandbo
         parse_int = int
         parse_constant = None
 
+    # The host passes the job's and the answers' pipe fds as arguments (see the host's
+    # _launch_and_collect); fds 0-2 are /dev/null and an error file.
+    job_fd, answer_fd = int(sys.argv[1]), int(sys.argv[2])
     chunks: list[bytes] = []
     while True:
-        chunk = os.read(0, 1 << 20)
+        chunk = os.read(job_fd, 1 << 20)
         if not chunk:
             break
         chunks.append(chunk)
@@ -88,8 +91,10 @@ def supervisor_main() -> None:  # pragma: no cover - runs only inside the sandbo
         and me <= 3
     )
 
-    # The answer channel moves to a private fd; fds 0, 1 and 2 become /dev/null.
-    proto = os.dup(1)
+    # The answer channel moves to the lowest free fd; fds 0, 1 and 2 become /dev/null.
+    os.close(job_fd)
+    proto = os.dup(answer_fd)
+    os.close(answer_fd)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
@@ -222,7 +227,9 @@ def supervisor_main() -> None:  # pragma: no cover - runs only inside the sandbo
         return st.st_ctime_ns, st.st_mtime_ns, st.st_nlink
 
     def wipe(path: str) -> None:
-        """Empty a directory without following symlinks (best effort)."""
+        """Empty a directory without following symlinks (best effort). Every folder is made
+        the owner's again first: a program may have shut one (chmod 0) to leave files behind
+        or to make the next program's chdir fail; the owner may always chmod it back."""
         try:
             entries = list(os.scandir(path))
         except OSError:
@@ -230,6 +237,7 @@ def supervisor_main() -> None:  # pragma: no cover - runs only inside the sandbo
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
+                    os.chmod(entry.path, 0o700)
                     wipe(entry.path)
                     os.rmdir(entry.path)
                 else:
@@ -241,10 +249,15 @@ def supervisor_main() -> None:  # pragma: no cover - runs only inside the sandbo
     if fenced:
         scratch += ["/tmp", "/dev/shm"]
     stamps = {path: dir_stamp(path) for path in scratch}
+    modes = {path: os.stat(path).st_mode & 0o7777 for path in scratch}
 
     def clean_scratch() -> None:
         for path in scratch:
-            if dir_stamp(path) != stamps[path]:
+            if dir_stamp(path) != stamps[path]:  # a chmod changes ctime: caught here
+                try:  # noqa: SIM105 - no contextlib in the bare supervisor (start-up time)
+                    os.chmod(path, modes[path])
+                except OSError:
+                    pass
                 wipe(path)
                 if path == "/tmp" and not os.path.isdir(root):
                     os.mkdir(root)
