@@ -312,6 +312,41 @@ def test_a_resumed_folder_is_kept_when_its_strategy_fails_before_any_item(tmp_pa
     assert (made.dir / "keep-me.txt").exists() and (made.dir / "failed.json").exists()
 
 
+def test_one_process_per_run_folder(tmp_path):
+    import fcntl
+
+    made = Run.create(RunConfig(strategy="joint", budget=1), tmp_path, SilentObserver())
+    with open(made.dir / "config.json", "rb") as held:  # as a running process holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="another ctbench process is running this folder"):
+            Run.resume(made.dir, SilentObserver()).execute()
+    assert not (made.dir / "state.json").exists()  # it touched nothing
+
+
+def test_a_run_resumes_only_with_the_inputs_it_started_with(tmp_path):
+    """state.json records the track's and the strategy's hashes; a resume with either
+    changed is refused, naming which."""
+    from ctbench.training.compute import ComputeMeter
+
+    made = Run.create(RunConfig(strategy="joint", budget=1), tmp_path, SilentObserver())
+    state = {
+        "started": "2026-01-01T00:00:00+00:00",
+        "meter": ComputeMeter().to_json(),
+        "rows": [],
+        "items": [],
+        "main": None,
+        "kept": {},
+        "inputs": {"track_hash": made.track.content_hash(), "strategy_source_hash": "0" * 64},
+    }
+    (made.dir / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match="the strategy's code or recipe changed since this run"):
+        Run.resume(made.dir, SilentObserver()).execute()
+    state["inputs"] = {"track_hash": "f" * 64, "strategy_source_hash": "0" * 64}
+    (made.dir / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"the track \(its tasks, base model or recipe\)"):
+        Run.resume(made.dir, SilentObserver()).execute()
+
+
 def test_exception_inside_schedule_leaves_no_partial_result(tmp_path):
     path = tmp_path / "crash.py"
     path.write_text(PLUGIN.replace("yield Stage", "1 / 0\n        yield Stage"))

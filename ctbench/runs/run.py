@@ -16,15 +16,18 @@ is copied to ``final-model/`` (what ``ctbench eval-general`` scores) and checkpo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import fcntl
 import json
 import os
 import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -181,6 +184,26 @@ class Run:
             shutil.rmtree(self.checkpoints, ignore_errors=True)
             self.observer.note(f"{self.dir} is already complete")
             return json.loads((self.dir / "result.json").read_text())
+        with self._exclusive():
+            return self._execute_guarded()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One process per run folder: two resumes of one folder would remove each other's
+        staging checkpoints and merges. The lock is on config.json (no file of its own) and
+        the kernel drops it when the process ends, however it ends."""
+        with open(self.dir / "config.json", "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    "another ctbench process is running this folder; wait for it to finish "
+                    "(or stop it) before resuming",
+                    where=str(self.dir),
+                ) from None
+            yield
+
+    def _execute_guarded(self) -> dict[str, Any]:
         try:
             return self._execute()
         except JudgeUnavailable as exc:
@@ -221,6 +244,10 @@ class Run:
         self.device = resolve_device(self.config.device)
         state = self._load_state()
         (self.dir / "failed.json").unlink(missing_ok=True)  # a resume is the retry
+        inputs = {
+            "track_hash": self.track.content_hash(),
+            "strategy_source_hash": self.resolved.source_hash(),
+        }
         if state is None:
             state = {
                 "started": started,
@@ -229,8 +256,10 @@ class Run:
                 "items": [],
                 "main": None,
                 "kept": {},
+                "inputs": inputs,
             }
         else:
+            self._check_inputs_unchanged(state.get("inputs"), inputs)
             self.observer.note(f"resuming after item {len(state['items'])}")
             if state["main"] is not None:
                 model = self._load(self.dir / state["main"])
@@ -636,6 +665,24 @@ class Run:
                 where=str(self.state_path),
             )
         return state
+
+    def _check_inputs_unchanged(self, recorded: dict[str, str] | None, now: dict[str, str]) -> None:
+        """A resumed run must finish with the track (tasks, base weights, recipe) and strategy
+        code it started with: else one result.json would mix two of each under the new
+        hashes. (Folders from before the inputs were recorded are not checked.)"""
+        if recorded is None:
+            return
+        names = {
+            "track_hash": "the track (its tasks, base model or recipe)",
+            "strategy_source_hash": "the strategy's code or recipe",
+        }
+        for key, what in names.items():
+            if recorded.get(key) not in (None, now[key]):
+                raise UserError(
+                    f"{what} changed since this run started (hash {recorded[key][:12]}…, now "
+                    f"{now[key][:12]}…): restore it to resume, or start a new run",
+                    where=str(self.dir),
+                )
 
     def _load_state(self) -> dict[str, Any] | None:
         state = self._load_state_quietly()
