@@ -429,6 +429,10 @@ def test_an_unwritable_report_marks_the_run_failed_and_it_resumes_after_the_fix(
     result = json.loads((run_dir / "result.json").read_text())
     assert result["strategy"]["report"]["note"] == "fixed"
     assert not (run_dir / "failed.json").exists()
+    # the fix changed the strategy's code: the result names the code of the first item too
+    (earlier,) = result["strategy"]["earlier_source_hashes"]
+    assert earlier != result["strategy"]["source_hash"]
+    assert "the strategy's code changed since this run started" in resumed.stderr
 
 
 def test_resume_with_a_truncated_state_file(

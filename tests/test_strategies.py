@@ -323,9 +323,8 @@ def test_one_process_per_run_folder(tmp_path):
     assert not (made.dir / "state.json").exists()  # it touched nothing
 
 
-def test_a_run_resumes_only_with_the_inputs_it_started_with(tmp_path):
-    """state.json records the track's and the strategy's hashes; a resume with either
-    changed is refused, naming which."""
+def test_a_resume_on_a_changed_track_is_refused(tmp_path):
+    """state.json records the track's hash: a resume on another track content is refused."""
     from ctbench.training.compute import ComputeMeter
 
     made = Run.create(RunConfig(strategy="joint", budget=1), tmp_path, SilentObserver())
@@ -336,14 +335,10 @@ def test_a_run_resumes_only_with_the_inputs_it_started_with(tmp_path):
         "items": [],
         "main": None,
         "kept": {},
-        "inputs": {"track_hash": made.track.content_hash(), "strategy_source_hash": "0" * 64},
+        "inputs": {"track_hash": "f" * 64, "strategy_source_hash": made.resolved.source_hash()},
     }
     (made.dir / "state.json").write_text(json.dumps(state))
-    with pytest.raises(UserError, match="the strategy's code or recipe changed since this run"):
-        Run.resume(made.dir, SilentObserver()).execute()
-    state["inputs"] = {"track_hash": "f" * 64, "strategy_source_hash": "0" * 64}
-    (made.dir / "state.json").write_text(json.dumps(state))
-    with pytest.raises(UserError, match=r"the track \(its tasks, base model or recipe\)"):
+    with pytest.raises(UserError, match=r"the track \(its tasks, base model or recipe\) changed"):
         Run.resume(made.dir, SilentObserver()).execute()
 
 

@@ -153,6 +153,10 @@ def build_result(
             "version": type(strategy).version,
             "params": strategy.params,
             "source_hash": resolved.source_hash(),
+            # Set when a resume ran changed strategy code (run.Run._check_inputs_unchanged).
+            "earlier_source_hashes": state.get("inputs", {}).get(
+                "earlier_strategy_source_hashes", []
+            ),
             "origin": resolved.origin,
             "report": report,
         },

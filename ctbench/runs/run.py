@@ -259,7 +259,7 @@ class Run:
                 "inputs": inputs,
             }
         else:
-            self._check_inputs_unchanged(state.get("inputs"), inputs)
+            self._check_inputs_unchanged(state, inputs)
             self.observer.note(f"resuming after item {len(state['items'])}")
             if state["main"] is not None:
                 model = self._load(self.dir / state["main"])
@@ -666,23 +666,30 @@ class Run:
             )
         return state
 
-    def _check_inputs_unchanged(self, recorded: dict[str, str] | None, now: dict[str, str]) -> None:
-        """A resumed run must finish with the track (tasks, base weights, recipe) and strategy
-        code it started with: else one result.json would mix two of each under the new
-        hashes. (Folders from before the inputs were recorded are not checked.)"""
+    def _check_inputs_unchanged(self, state: dict[str, Any], now: dict[str, str]) -> None:
+        """A resumed run must finish on the track (tasks, base weights, recipe) it started
+        on: else one result.json would mix two under the new hash. The strategy's code may
+        change (fixing it is how a failed run goes on), but the result then says so: its
+        ``strategy.earlier_source_hashes`` name the code that scheduled the earlier items.
+        (Folders from before the inputs were recorded are not checked.)"""
+        recorded = state.get("inputs")
         if recorded is None:
             return
-        names = {
-            "track_hash": "the track (its tasks, base model or recipe)",
-            "strategy_source_hash": "the strategy's code or recipe",
-        }
-        for key, what in names.items():
-            if recorded.get(key) not in (None, now[key]):
-                raise UserError(
-                    f"{what} changed since this run started (hash {recorded[key][:12]}…, now "
-                    f"{now[key][:12]}…): restore it to resume, or start a new run",
-                    where=str(self.dir),
-                )
+        if recorded["track_hash"] != now["track_hash"]:
+            raise UserError(
+                f"the track (its tasks, base model or recipe) changed since this run started "
+                f"(hash {recorded['track_hash'][:12]}…, now {now['track_hash'][:12]}…): "
+                "restore it to resume, or start a new run",
+                where=str(self.dir),
+            )
+        if recorded["strategy_source_hash"] != now["strategy_source_hash"]:
+            earlier = recorded.setdefault("earlier_strategy_source_hashes", [])
+            earlier.append(recorded["strategy_source_hash"])
+            recorded["strategy_source_hash"] = now["strategy_source_hash"]
+            self.observer.note(
+                "the strategy's code changed since this run started: its earlier items were "
+                "scheduled by the earlier code (the result names both)"
+            )
 
     def _load_state(self) -> dict[str, Any] | None:
         state = self._load_state_quietly()
