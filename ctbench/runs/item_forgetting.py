@@ -10,8 +10,8 @@ main-line evaluation, and transitions are counted per task and stage:
   (what a max-based forgetting measure sees, item by item).
 
 Rates divide by the items that could make the transition (solved before for ``forgotten``,
-unsolved before for ``learned``, ever solved for ``forgotten_since_best``); with none, the
-rate is ``None``.
+unsolved before for ``learned``, solved at any earlier evaluation, the base's included,
+for ``forgotten_since_best``); with none, the rate is ``None``.
 
 **Solved** means an item's score is at least ``SOLVED_THRESHOLD`` = 0.5. For the binary
 rewards of greedy tasks (exact, numeric, choice, code) that is exactly "correct"; for a
