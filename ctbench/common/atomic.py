@@ -1,7 +1,9 @@
 """Atomic file writes: a reader (or a resumed run) never sees a half-written file.
 
 Write to a temporary file in the same folder, flush and fsync, then ``os.replace`` it
-over the target; a crash leaves either the old file or the new one.
+over the target and fsync the folder (so the rename itself survives a power loss); a crash
+leaves either the old file or the new one. Folders written by other code (a checkpoint's
+``save_pretrained``) are made durable with :func:`fsync_tree` before anything points at them.
 """
 
 from __future__ import annotations
@@ -38,6 +40,29 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and folder below ``path`` (and ``path``): what ``save_pretrained``
+    wrote is on disk before state.json names it and the previous checkpoint is deleted."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

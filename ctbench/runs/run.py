@@ -35,7 +35,12 @@ from typing import Any, Protocol
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from ctbench.common.atomic import write_json_atomic, write_jsonl_atomic
+from ctbench.common.atomic import (
+    fsync_dir,
+    fsync_tree,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from ctbench.errors import UserError
 from ctbench.runs.config import RunConfig, derived_seed, resolve_device
 from ctbench.runs.evaluate import Evaluator, TaskEvaluation
@@ -732,7 +737,9 @@ class Run:
             self.checkpoints.mkdir(exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=self.checkpoints))
             adapters.save_checkpoint(model, staging)
+            fsync_tree(staging)  # durable before state.json names it and the old one goes
             os.rename(staging, self.dir / relative)
+            fsync_dir(self.checkpoints)
             main_line = isinstance(item, Merge) or item.main_line
             if main_line:
                 state["main"] = relative
