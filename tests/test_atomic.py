@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 import pytest
 
 from ctbench.common import atomic
@@ -42,4 +43,3 @@ def test_fsync_tree_syncs_every_file_and_folder(tmp_path, monkeypatch) -> None:
                   "ckpt/inner/x.bin")
     }  # fmt: skip
     assert set(synced) == expected and len(synced) == len(expected)
-
