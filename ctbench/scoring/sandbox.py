@@ -40,6 +40,7 @@ a fork bomb instead).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -446,6 +447,9 @@ def _decode(v: Any, depth: int = 0) -> Any:
     if tag in ("l", "t", "S", "F", "d") and len(args) == 1 and isinstance(args[0], list):
         items = [_decode(x, depth + 1) for x in args[0]]
         try:
+            if tag in ("S", "F", "d"):
+                keys = items if tag != "d" else [p[0] for p in items if _is_pair(p)]
+                _refuse_hash_flooding(keys)
             if tag == "l":
                 return items
             if tag == "t":
@@ -454,13 +458,30 @@ def _decode(v: Any, depth: int = 0) -> Any:
                 return set(items)
             if tag == "F":
                 return frozenset(items)
-            pairs = [p for p in items if isinstance(p, tuple) and len(p) == 2]
+            pairs = [p for p in items if _is_pair(p)]
             if len(pairs) != len(items):
                 raise _BadValue("bad dict")
             return dict(pairs)
         except TypeError as exc:  # an unhashable key or set element
             raise _BadValue("unhashable") from exc
     raise _BadValue(f"unknown tag {tag!r}")
+
+
+# Distinct values that share one hash make building a set or dict quadratic: ints equal
+# mod 2**61 - 1 all do, and a message of ~1 MiB holds ~40,000 of them (minutes of the
+# harness's CPU). A set or dict the child really built holds distinct keys, so more than
+# this many under one hash is a forged message, refused in linear time.
+_MAX_SHARED_HASH = 16
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2
+
+
+def _refuse_hash_flooding(keys: list[Any]) -> None:
+    counts = collections.Counter(hash(key) for key in keys)  # TypeError: unhashable
+    if counts and max(counts.values()) > _MAX_SHARED_HASH:
+        raise _BadValue("hash collisions")
 
 
 def _float(text: str) -> float:
