@@ -372,8 +372,13 @@ def supervisor_main() -> None:  # pragma: no cover - runs only inside the sandbo
         if reason is None:
             # The child exits right after its message; a child that lingers is killed.
             remaining = deadline - time.monotonic()
+            pidfd = -1
             if pidfd_open is not None and remaining > 0:
-                pidfd = pidfd_open(pid)
+                try:  # a kernel without pidfd_open (before 5.3): poll waitpid instead
+                    pidfd = pidfd_open(pid)
+                except OSError:
+                    pidfd = -1
+            if pidfd >= 0:
                 exited = poll()
                 exited.register(pidfd, POLLIN)
                 if exited.poll(max(1, int(remaining * 1000) + 1)):
