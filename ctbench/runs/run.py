@@ -467,6 +467,8 @@ class Run:
         del gradients, model
         recorded.append({"request": probe.to_json(), "result": result})
         state["meter"] = meter.to_json()
+        if self.judges:  # an LLM judge scored the probe's rollouts: its counts go with it
+            state["judges"] = {n: j.stats_json() for n, j in self.judges.items()}
         write_json_atomic(self.state_path, state)
         return result
 
