@@ -97,6 +97,9 @@ def test_builds_ranks_and_aggregates_seeds(runs, tiny_track, tmp_path):
         sum(r["metrics"]["acc"] for r in results) / 2
     )
     assert [r["result_hash"] for r in entry["results"]] == [r["result_hash"] for r in results]
+    # joint trains in one stage: no seed defines BWT, so its mean is over none and says so
+    assert entry["metrics"]["bwt"] is None
+    assert entry["metrics"]["defined_seeds"] == {"bwt": 0, "forgetting": 0, "merge_loss": 0}
     path = write_leaderboard(board, tmp_path)
     assert json.loads(path.read_text())["entries"][0]["strategy"] == "joint"
 

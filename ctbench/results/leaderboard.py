@@ -280,6 +280,12 @@ def _entry(runs: list[tuple[Path, dict[str, Any]]], samples: int) -> dict[str, A
             "bwt": _mean([r["metrics"].get("bwt") for r in results]),
             "forgetting": _mean([r["metrics"].get("forgetting") for r in results]),
             "merge_loss": _mean([r["metrics"].get("merge_loss") for r in results]),
+            # How many seeds each of those means is over (a schedule may leave one undefined
+            # at some seed): a mean over fewer seeds than n_seeds says so.
+            "defined_seeds": {
+                m: sum(r["metrics"].get(m) is not None for r in results)
+                for m in ("bwt", "forgetting", "merge_loss")
+            },
             # Share of ever-solved items the final model does not solve (sample-level
             # forgetting; from samples/ for results written before it was recorded).
             "items_forgotten": _mean(
