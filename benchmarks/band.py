@@ -14,6 +14,7 @@ import time
 import click
 
 from ctbench.runs.calibration import BAND_HIGH, BAND_LOW, MIN_GAIN, measure_band
+from ctbench.runs.provenance import environment
 from ctbench.tracks.track import load_track
 
 
@@ -58,6 +59,8 @@ def main(track: str, seeds: str, steps: int | None, tasks: str | None) -> None:
         "tasks": [r.to_json() for r in rows],
         "all_in_band": all(r.in_band for r in rows),
         "wall_s": time.perf_counter() - started,
+        "command": " ".join(["python", "benchmarks/band.py", *sys.argv[1:]]),
+        "env": environment("cpu"),
     }
     json.dump(report, sys.stdout, indent=2)
     print()
