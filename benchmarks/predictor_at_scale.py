@@ -9,8 +9,10 @@
 Reads each folder's ``validation.json`` (one per seed) and prints, for the probes'
 predictor and the leave-one-order-out stage-scale fit (:mod:`ctbench.results.predictor_check`),
 the pooled, task-centred and per-run ACC correlations with pigeonhole-bootstrap 95% CIs
-(orders and seeds resampled independently), their difference, the stage fit's parameters
-and the measured ACC of every order. Prints JSON; ``--json PATH`` also writes it.
+(orders and seeds resampled independently), their difference, the stage fit's parameters,
+the measured ACC of every order, and the few-order study (:mod:`ctbench.results.few_orders`:
+fit the form to k orders' runs and pick, against best-of-k, the probes' pick and random).
+Prints JSON; ``--json PATH`` also writes it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import click
 
-from ctbench.results.predictor_check import check_predictors
+from ctbench.results.few_orders import few_order_study
+from ctbench.results.predictor_check import cells_from_reports, check_predictors
 from ctbench.runs.provenance import environment
 
 
@@ -37,12 +40,18 @@ def main(folders: tuple[Path, ...], draws: int, json_path: Path | None) -> None:
     stage_steps = {r["stage_steps"] for r in reports}
     if len(stage_steps) != 1:
         raise click.UsageError(f"the reports differ in stage steps: {sorted(stage_steps)}")
+    stage_steps_value = next(iter(stage_steps))
     report = {
         "command": "python benchmarks/predictor_at_scale.py " + " ".join(sys.argv[1:]),
         "track": reports[0]["track"],
-        "stage_steps": stage_steps.pop(),
+        "stage_steps": stage_steps_value,
         "transfer_sources": {r["seed"]: r["transfer_source"] for r in reports},
         **check_predictors(reports, draws=draws),
+        "few_orders": few_order_study(
+            cells_from_reports(reports),
+            list(reports[0]["transfer"]["tasks"]),
+            stage_steps=stage_steps_value,
+        ),
         "env": environment("cpu"),
     }
     text = json.dumps(report, indent=2)

@@ -68,7 +68,7 @@ def cells_from_reports(reports: Sequence[dict[str, Any]]) -> list[Cell]:
     return cells
 
 
-def _features(order: Sequence[str], task: str, tasks: Sequence[str]) -> np.ndarray:
+def additive_features(order: Sequence[str], task: str, tasks: Sequence[str]) -> np.ndarray:
     """[one-hot a*_task] + [1 for D[i][task] for every i trained after task]."""
     n = len(tasks)
     pairs = [(i, j) for i in tasks for j in tasks if i != j]
@@ -81,17 +81,17 @@ def _features(order: Sequence[str], task: str, tasks: Sequence[str]) -> np.ndarr
     return row
 
 
-def _least_squares(cells: Sequence[Cell], tasks: Sequence[str]) -> np.ndarray:
+def least_squares_theta(cells: Sequence[Cell], tasks: Sequence[str]) -> np.ndarray:
     """θ = [a*_j …, D[i][j] …] of the additive form fit to the cells' measured scores
     (minimum-norm where the cells do not determine them all)."""
-    x = np.stack([_features(c.order, c.task, tasks) for c in cells])
+    x = np.stack([additive_features(c.order, c.task, tasks) for c in cells])
     y = np.array([c.measured for c in cells])
     return np.linalg.lstsq(x, y, rcond=None)[0]
 
 
 def fit_additive(cells: Sequence[Cell], tasks: Sequence[str]) -> tuple[dict[str, float], dict]:
     """Least-squares a*_j and D[i][j] of the additive form from measured final scores."""
-    theta = _least_squares(cells, tasks)
+    theta = least_squares_theta(cells, tasks)
     n = len(tasks)
     levels = {t: float(theta[k]) for k, t in enumerate(tasks)}
     pairs = [(i, j) for i in tasks for j in tasks if i != j]
@@ -107,9 +107,9 @@ def stage_fit_predictions(cells: Sequence[Cell], tasks: Sequence[str]) -> list[f
         training = [c for c in cells if c.order != held_out]
         if not training:
             raise ValueError("a leave-one-order-out fit needs at least two orders")
-        theta = _least_squares(training, tasks)
+        theta = least_squares_theta(training, tasks)
         for task in held_out:
-            predictions[(held_out, task)] = float(_features(held_out, task, tasks) @ theta)
+            predictions[(held_out, task)] = float(additive_features(held_out, task, tasks) @ theta)
     return [predictions[(c.order, c.task)] for c in cells]
 
 
