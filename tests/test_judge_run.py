@@ -51,7 +51,7 @@ def shorter_wins(body: dict[str, Any]) -> str:
     return "[[A]]" if len(first) < len(second) else "[[B]]"
 
 
-def judged_track(root: Path, url: str) -> Path:
+def judged_track(root: Path, url: str, eval_samples: int = 2) -> Path:
     """The smol track cut to two tasks (math, and creative scored by the endpoint judge) and
     CI sizes. A real model, because the tiny track's shipped base is keyed to its tasks'
     exact content: changing creative's reward would make a run pre-train a new base."""
@@ -66,7 +66,10 @@ def judged_track(root: Path, url: str) -> Path:
             block = JUDGE_BLOCK.format(url=url)  # a function: re.sub would unescape "\\n"
             text = re.sub(r"^reward:\n(?:  .*\n)+", lambda _, b=block: b, text, flags=re.M)
             text = re.sub(
-                r"^  samples_per_prompt: \d+$", "  samples_per_prompt: 2", text, flags=re.M
+                r"^  samples_per_prompt: \d+$",
+                f"  samples_per_prompt: {eval_samples}",
+                text,
+                flags=re.M,
             )
         (root / f"{task}.yaml").write_text(text)
     track = (tasks_dir() / "tracks" / "smol.yaml").read_text()
@@ -84,7 +87,9 @@ def judged_track(root: Path, url: str) -> Path:
 def test_endpoint_judge_through_a_run_that_survives_an_outage(tmp_path: Path) -> None:
     server = JudgeServer(default=shorter_wins)
     try:
-        track = judged_track(tmp_path / "tasks", server.base_url)
+        # Five samples of four eval prompts, both orders: 40 verdicts per evaluation, asked
+        # in two chunks (32 + 8), so the outage below leaves the first chunk paid for.
+        track = judged_track(tmp_path / "tasks", server.base_url, eval_samples=5)
         config = RunConfig(track=str(track), strategy="joint", seed=0, budget=1)
         healthy = Run.create(config, tmp_path / "healthy", SilentObserver()).execute()
         healthy_requests = len(server.chat_requests())
@@ -110,6 +115,8 @@ def test_endpoint_judge_through_a_run_that_survives_an_outage(tmp_path: Path) ->
         with sqlite3.connect(run.dir / "judge-cache.sqlite") as db:
             kept = db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
         assert kept > 0  # every chunk of ASK_CHUNK answered before the outage is stored
+        committed = json.loads((run.dir / "state.json").read_text())["judge_cache_rows"]
+        assert kept > committed  # the stopped evaluation had paid for some verdicts
 
         server.default = shorter_wins
         before_resume = len(server.chat_requests())
@@ -130,6 +137,12 @@ def test_endpoint_judge_through_a_run_that_survives_an_outage(tmp_path: Path) ->
         "temperature": 0.0,
     }
     assert stats["cached"] > 0 and stats["calls"] > 0
+    # The final evaluation was redone: the verdicts its stopped attempt paid for count as the
+    # calls they were, so the resumed run's counts and compute are the uninterrupted run's.
+    assert stats == healthy["judges"]["smol-creative"]
+    for phase in ("train", "eval"):
+        for key in ("judge_calls", "judge_tokens"):
+            assert resumed["compute"][phase][key] == healthy["compute"][phase][key], (phase, key)
     assert healthy["judges"]["smol-creative"]["unparseable"] == 0
     compute = healthy["compute"]
     # Every call is booked to the phase that made it (a one-step joint stage may draw no

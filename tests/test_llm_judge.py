@@ -186,6 +186,44 @@ def test_calls_are_booked_to_the_phase_being_timed() -> None:
     assert the_judge.stats.calls == 6
 
 
+def test_a_redone_stage_books_the_replies_its_stopped_attempt_paid_for(tmp_path: Path) -> None:
+    """A resumed run redoes the stage it was stopped in; the replies that attempt stored are
+    calls it paid for, not cache hits, so the resumed run counts what an uninterrupted one
+    does. Replies committed before the stop stay hits, as they would have been in memory."""
+    cache = tmp_path / "cache.sqlite"
+    committed_part = [["good", "bad"]]  # 4 conversations, stored and committed
+    stopped_part = [["fine", "good", "fine"]]  # 4 distinct of 6, stored, then the stop
+
+    uninterrupted, _ = judge(prefers_good)
+    uninterrupted.bind(meter=ComputeMeter(), cache_path=tmp_path / "other.sqlite")
+    uninterrupted.score_groups([item()], committed_part, training=True)
+    uninterrupted.score_groups([item()], committed_part, training=True)  # a repeat: 4 hits
+    uninterrupted.score_groups([item(1)], stopped_part, training=True)
+
+    first, _ = judge(prefers_good)
+    first.bind(meter=None, cache_path=cache)
+    first.score_groups([item()], committed_part, training=True)
+    first.score_groups([item()], committed_part, training=True)
+    mark, counts = first.cache_high_water(), first.stats_json()
+    first.score_groups([item(1)], stopped_part, training=True)  # stored; then the process dies
+
+    meter = ComputeMeter()
+    resumed, backend = judge(prefers_good)
+    resumed.bind(meter=meter, cache_path=cache)
+    resumed.resume_from(mark)
+    resumed.restore_stats(counts)
+    with meter.timed("train"):
+        resumed.score_groups([item(1)], stopped_part, training=True)
+    assert backend.asked == []  # nothing asked twice
+    assert resumed.stats == uninterrupted.stats
+    assert (resumed.stats.calls, resumed.stats.cached) == (8, 4)
+    assert meter.phases["train"].judge_calls == 4
+    assert meter.phases["train"].judge_tokens == 4 * 12
+    # Replies committed before the stop are hits after it, as they were in memory before.
+    resumed.score_groups([item()], committed_part, training=True)
+    assert (resumed.stats.calls, resumed.stats.cached) == (8, 8)
+
+
 def test_braces_in_completions_are_not_placeholders() -> None:
     the_judge, backend = judge(prefers_good)
     the_judge.score_groups([item()], [["good {first} {x}"]], training=False)

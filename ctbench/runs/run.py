@@ -273,8 +273,13 @@ class Run:
         tasks = self.track.tasks
         rewards = {name: build_reward(task) for name, task in tasks.items()}
         self.judges = llm_judges(rewards)
+        # The judge cache's last row at the last commit: replies stored past it were paid
+        # for by the attempt being redone. A state without judge counts committed none; one
+        # written before this mark existed counts every row as committed, as it then did.
+        committed_rows = state.get("judge_cache_rows", None if state.get("judges") else 0)
         for name, judge in self.judges.items():
             judge.bind(meter=meter, cache_path=self.dir / JUDGE_CACHE)
+            judge.resume_from(committed_rows)
             if name in state.get("judges", {}):
                 judge.restore_stats(state["judges"][name])
         rollout = HFRollout(tokenizer)
@@ -467,10 +472,17 @@ class Run:
         del gradients, model
         recorded.append({"request": probe.to_json(), "result": result})
         state["meter"] = meter.to_json()
-        if self.judges:  # an LLM judge scored the probe's rollouts: its counts go with it
-            state["judges"] = {n: j.stats_json() for n, j in self.judges.items()}
+        self._commit_judges(state)  # an LLM judge scored the probe's rollouts
         write_json_atomic(self.state_path, state)
         return result
+
+    def _commit_judges(self, state: dict[str, Any]) -> None:
+        """The judges' counts so far, and the cache row they reach, go into the state about to
+        be written: a resume restores the counts and books replies past that row as calls."""
+        if not self.judges:
+            return
+        state["judges"] = {n: j.stats_json() for n, j in self.judges.items()}
+        state["judge_cache_rows"] = max(j.cache_high_water() for j in self.judges.values())
 
     def _keep_final_model(self, state: dict[str, Any]) -> dict[str, str] | None:
         """Copy the main line's last checkpoint to ``final-model/`` (checkpoints/ goes when
@@ -750,8 +762,7 @@ class Run:
             state["items"].append({"item": item.to_json(), "trace": _trace(logs)})
         state["rows"].append({name: e.summary() for name, e in row.items()})
         state["meter"] = meter.to_json()
-        if self.judges:
-            state["judges"] = {n: j.stats_json() for n, j in self.judges.items()}
+        self._commit_judges(state)
         write_json_atomic(self.state_path, state)
         if previous_main is not None and previous_main != state["main"]:
             shutil.rmtree(self.dir / previous_main, ignore_errors=True)

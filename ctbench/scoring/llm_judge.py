@@ -126,11 +126,19 @@ class JudgeStats:
 class VerdictCache:
     """Replies keyed by a hash of what produced them; memory first, an SQLite file once a
     run binds one. SQLite (stdlib) because each batch must be durable on its own: a run that
-    stops mid-stage keeps every verdict it paid for."""
+    stops mid-stage keeps every verdict it paid for.
+
+    A resumed run redoes the stage it was stopped in, and the replies that stage had paid
+    for come back from the file. Counted as cache hits, they would make the resumed run's
+    judge calls (and compute) smaller than an uninterrupted run's. So the run records the
+    file's last row at every commit (:meth:`high_water`), and :meth:`get` tells a reply
+    stored by the stopped attempt (a row past that mark, not yet seen by this process) from
+    a repeat: the caller books the former as the call it was."""
 
     def __init__(self) -> None:
         self.memory: dict[str, ChatReply] = {}
         self.db: sqlite3.Connection | None = None
+        self.committed_rows: int | None = None  # None: every stored row counts as a repeat
 
     def open(self, path: Path) -> None:
         self.db = sqlite3.connect(path)
@@ -140,17 +148,27 @@ class VerdictCache:
         )
         self.db.commit()
 
-    def get(self, key: str) -> ChatReply | None:
+    def get(self, key: str) -> tuple[ChatReply, bool] | None:
+        """The stored reply and whether it was paid for by an attempt this run is redoing
+        (see the class docstring); None when it was never asked."""
         if key in self.memory:
-            return self.memory[key]
+            return self.memory[key], False
         if self.db is not None:
             row = self.db.execute(
-                "SELECT text, prompt_tokens, completion_tokens FROM replies WHERE key = ?", (key,)
+                "SELECT text, prompt_tokens, completion_tokens, rowid FROM replies WHERE key = ?",
+                (key,),
             ).fetchone()
             if row is not None:
                 self.memory[key] = ChatReply(row[0], int(row[1]), int(row[2]))
-                return self.memory[key]
+                redone = self.committed_rows is not None and int(row[3]) > self.committed_rows
+                return self.memory[key], redone
         return None
+
+    def high_water(self) -> int:
+        """The last row stored so far (0 for none, or without a file)."""
+        if self.db is None:
+            return 0
+        return int(self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM replies").fetchone()[0])
 
     def put_many(self, entries: dict[str, ChatReply]) -> None:
         self.memory.update(entries)
@@ -240,6 +258,15 @@ class LLMJudge:
         wrote them)."""
         self.stats = JudgeStats(**{f.name: int(saved[f.name]) for f in fields(JudgeStats)})
 
+    def resume_from(self, committed_rows: int | None) -> None:
+        """Replies stored past row ``committed_rows`` of the cache file were paid for by the
+        attempt being redone: book them as calls when met again (None: count none so)."""
+        self.cache.committed_rows = committed_rows
+
+    def cache_high_water(self) -> int:
+        """What a run records at a commit, for :meth:`resume_from`."""
+        return self.cache.high_water()
+
     def reset(self) -> None:
         """Verdicts depend only on their inputs; the cache stays valid across stages."""
 
@@ -285,11 +312,25 @@ class LLMJudge:
         ``ASK_CHUNK`` (duplicates asked once)."""
         keys = [self._key(c) for c in conversations]
         replies: dict[str, ChatReply] = {}
+        redone: list[ChatReply] = []  # paid for by the stopped attempt of this stage
+        # A conversation met twice in one batch counts as a hit only when its first
+        # occurrence was one: asked afresh (or by the stopped attempt of this stage), its
+        # repeat was served by that one call, as before the stop.
+        hits: set[str] = set()
         for key in keys:
-            cached = self.cache.get(key)
-            if cached is not None:
-                replies[key] = cached
-        self.stats.cached += sum(1 for k in keys if k in replies)
+            if key in replies:
+                self.stats.cached += key in hits
+                continue
+            found = self.cache.get(key)
+            if found is None:
+                continue
+            replies[key], was_paid_before = found
+            if was_paid_before:
+                redone.append(replies[key])
+            else:
+                hits.add(key)
+                self.stats.cached += 1
+        self._book(redone)
         todo: dict[str, Conversation] = {}
         for key, conversation in zip(keys, conversations, strict=True):
             if key not in replies:
@@ -303,18 +344,24 @@ class LLMJudge:
             new = dict(zip(chunk, fresh, strict=True))
             self.cache.put_many(new)
             replies.update(new)
-            prompt_tokens = sum(r.prompt_tokens for r in fresh)
-            completion_tokens = sum(r.completion_tokens for r in fresh)
-            self.stats.calls += len(fresh)
-            self.stats.prompt_tokens += prompt_tokens
-            self.stats.completion_tokens += completion_tokens
-            if self.meter is not None and self.meter.active_phase is not None:
-                self.meter.book(
-                    self.meter.active_phase,
-                    judge_calls=len(fresh),
-                    judge_tokens=prompt_tokens + completion_tokens,
-                )
+            self._book(fresh)
         return [replies[k] for k in keys]
+
+    def _book(self, replies: Sequence[ChatReply]) -> None:
+        """Count paid calls in the judge's statistics and the run's compute."""
+        if not replies:
+            return
+        prompt_tokens = sum(r.prompt_tokens for r in replies)
+        completion_tokens = sum(r.completion_tokens for r in replies)
+        self.stats.calls += len(replies)
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens
+        if self.meter is not None and self.meter.active_phase is not None:
+            self.meter.book(
+                self.meter.active_phase,
+                judge_calls=len(replies),
+                judge_tokens=prompt_tokens + completion_tokens,
+            )
 
     def score_groups(
         self, items: Sequence[Item], groups: Sequence[Sequence[str]], *, training: bool
