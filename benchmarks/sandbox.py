@@ -27,6 +27,7 @@ from ctbench.scoring.sandbox import (
     run_tests,
     sandbox_level,
 )
+from ctbench.scoring.sandbox_cgroup import DISABLE_ENV, cgroup_facts
 
 # MBPP-sized functions (5-15 lines, loops, built-ins, a stdlib import); {k} varies each copy.
 TEMPLATES: list[tuple[str, list[str]]] = [
@@ -111,10 +112,18 @@ def main() -> None:
     start = time.perf_counter()
     level = sandbox_level()
     probe_s = time.perf_counter() - start
-    fences = [level] if level == "none" else [level, "none"]
+    # Rows: the fence as a run uses it (with the cgroup cap where this machine allows one),
+    # the same without the cap (what the cap costs), and the unfenced supervisor.
+    rows_to_run = [("none", "none", True)]
+    if level == "bwrap":
+        rows_to_run = [("bwrap", "bwrap", True), ("bwrap-uncapped", "bwrap", False), *rows_to_run]
     os.environ.setdefault(UNSAFE_ENV, "1")  # for the unfenced comparison row only
     rows: dict[str, Any] = {}
-    for fence in fences:
+    for row_name, fence, capped in rows_to_run:
+        if capped:
+            os.environ.pop(DISABLE_ENV, None)
+        else:
+            os.environ[DISABLE_ENV] = "0"
         expr_results = run_programs(expressions, limits=limits, fence=fence)
         assert all(r.ok for r in expr_results), [r for r in expr_results if not r.ok][:3]
         test_results = run_tests(sources, calls, expected, limits, fence=fence)
@@ -128,7 +137,8 @@ def main() -> None:
         one_s = _median_seconds(
             lambda f=fence: run_programs(["4+2"], limits=limits, fence=f), args.repeats
         )
-        rows[fence] = {
+        rows[row_name] = {
+            "cgroup_cap": cgroup_facts()["cgroup"],
             "expressions_128": {
                 "batch_s": round(expr_s, 4),
                 "programs_per_s": round(128 / expr_s, 1),
@@ -141,6 +151,7 @@ def main() -> None:
             "one_expression_batch_s": round(one_s, 4),
             "per_program_ms_expressions": round((expr_s - one_s) / 127 * 1000, 3),
         }
+    os.environ.pop(DISABLE_ENV, None)
     print(
         json.dumps(
             {

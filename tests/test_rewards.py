@@ -183,9 +183,13 @@ def test_code_reward_scores_are_unchanged_by_the_sandbox_rebuild(tiny_track):
 def test_code_reward_records_its_sandbox_level(tiny_track):
     from ctbench.scoring.rewards import reward_info
     from ctbench.scoring.sandbox import sandbox_level
+    from ctbench.scoring.sandbox_cgroup import cgroup_facts
 
     reward = build_reward(tiny_track.tasks["code"])
-    assert reward_info(tiny_track.tasks["code"], reward) == {"sandbox": sandbox_level()}
+    assert reward_info(tiny_track.tasks["code"], reward) == {
+        "sandbox": sandbox_level(),
+        "sandbox_cap": cgroup_facts()["cgroup"],
+    }
     assert reward_info(tiny_track.tasks["math"]) == {}
 
 

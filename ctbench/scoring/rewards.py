@@ -25,6 +25,7 @@ from ctbench.scoring.sandbox import (
     run_tests,
     sandbox_level,
 )
+from ctbench.scoring.sandbox_cgroup import cgroup_facts
 from ctbench.tracks.answers import choice_index, extract_answer
 from ctbench.tracks.taskdata import Item, Task
 
@@ -181,12 +182,12 @@ class CodeExecution:
 
 def reward_info(task: Task, reward: Reward | None = None) -> dict[str, Any]:
     """What a result records about how a task was scored beyond its kind: for code rewards, the
-    sandbox level (``bwrap`` or ``none``), so numbers produced without a fence stand out."""
+    sandbox level (``bwrap`` or ``none``), so numbers produced without a fence stand out, and
+    the cgroup version that capped the whole sandbox's memory and processes (None: no cap)."""
     if task.spec.reward.kind != "code":
         return {}
-    if isinstance(reward, CodeExecution):
-        return {"sandbox": reward.sandbox}
-    return {"sandbox": sandbox_level()}
+    level = reward.sandbox if isinstance(reward, CodeExecution) else sandbox_level()
+    return {"sandbox": level, "sandbox_cap": cgroup_facts()["cgroup"]}
 
 
 class ExtractedAnswer:

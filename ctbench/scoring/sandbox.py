@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from ctbench.errors import UserError
+from ctbench.scoring.sandbox_cgroup import cgroup_facts, create_cgroup
 
 __all__ = [
     "UNSAFE_ENV",
@@ -91,6 +92,11 @@ class SandboxLimits:
         processes: the most processes/threads a program may have at once (``RLIMIT_NPROC``;
             not enforced by the kernel when the harness runs as root, see the module docstring).
         disk_bytes: size of the sandbox's private ``/tmp`` (work dir included).
+        total_memory_bytes: memory of the whole sandbox (every process, its tmpfs files
+            included), where a cgroup can be made (:mod:`ctbench.scoring.sandbox_cgroup`);
+            a program the kernel's OOM killer stops at this cap fails with "memory".
+        total_processes: processes of the whole sandbox (bwrap and the supervisor included),
+            where a cgroup can be made; enforced for root too, unlike ``processes``.
     """
 
     cpu_seconds: float = 1.0
@@ -99,6 +105,8 @@ class SandboxLimits:
     output_bytes: int = 16 * 1024
     processes: int = 32
     disk_bytes: int = 64 * 2**20
+    total_memory_bytes: int = 1024 * 2**20
+    total_processes: int = 64
 
     def __post_init__(self) -> None:
         """Reject limits that would make the sandbox useless or unable to start."""
@@ -114,6 +122,13 @@ class SandboxLimits:
             raise ValueError(f"processes must be >= 1, got {self.processes!r}")
         if self.disk_bytes < 2**20:
             raise ValueError(f"disk_bytes must be >= 1 MiB, got {self.disk_bytes!r}")
+        if self.total_memory_bytes < self.memory_bytes + 64 * 2**20:
+            raise ValueError(
+                "total_memory_bytes must leave 64 MiB for the supervisor above memory_bytes, "
+                f"got {self.total_memory_bytes!r}"
+            )
+        if self.total_processes < 8:
+            raise ValueError(f"total_processes must be >= 8, got {self.total_processes!r}")
 
 
 @dataclass(frozen=True)
@@ -266,9 +281,10 @@ def sandbox_level() -> Level:
 def fence_facts() -> dict[str, Any]:
     """What the probe measured inside the fence (for results, tests and the README)."""
     facts = _bwrap_facts()
+    cap = cgroup_facts()  # the whole sandbox's memory and processes, where a cgroup is allowed
     if facts is None:
-        return {"level": "none", "reason": " ".join(_FENCE_FAILURE)}
-    return {"level": "bwrap", "bwrap": bwrap_executable(), **facts}
+        return {"level": "none", "reason": " ".join(_FENCE_FAILURE), "cap": cap}
+    return {"level": "bwrap", "bwrap": bwrap_executable(), **facts, "cap": cap}
 
 
 def _choose_level(fence: Fence, allow_unsafe: bool | None) -> Level:
@@ -754,6 +770,10 @@ def _launch_and_collect(
     with contextlib.ExitStack() as pipes, tempfile.TemporaryFile() as errfile:
         job_out = pipes.enter_context(os.fdopen(job_write, "wb"))
         answers = pipes.enter_context(os.fdopen(answer_read, "rb", buffering=0))
+        group = create_cgroup(limits.total_memory_bytes, limits.total_processes)
+        if group is not None:
+            pipes.callback(group.remove)  # runs after the sandbox below is killed and reaped
+            argv = group.wrap(argv)
         try:
             proc = subprocess.Popen(
                 argv,
@@ -795,24 +815,33 @@ def _launch_and_collect(
             if results is None:
                 return facts, n
             i = start
+            oom_kills = group.oom_kills() if group is not None else 0
             while i < n:
+                outcome: tuple[str | None, str | None] | None
+                restart = True  # after a supervisor that failed: a fresh one runs the rest
                 try:
                     line = reader.readline(limits.wall_seconds + _WATCHDOG_MARGIN_S)
                 except _Stall:
-                    results[i] = ("timeout", None)
-                    return facts, i + 1
+                    outcome = ("timeout", None)
                 except _ProtocolError:
-                    results[i] = ("crashed", None)
-                    return facts, i + 1
-                if line is None:  # the supervisor died (a program killed it) while on i
-                    results[i] = ("crashed", None)
-                    return facts, i + 1
-                parsed = _parse_line(line, i - start)
-                if parsed is None:
-                    results[i] = ("crashed", None)
-                    return facts, i + 1
-                results[i] = parsed
+                    outcome = ("crashed", None)
+                else:
+                    # None: the supervisor died (a program killed it) while on i.
+                    outcome = None if line is None else _parse_line(line, i - start)
+                    if outcome is None:
+                        outcome = ("crashed", None)
+                    else:
+                        restart = False
+                if group is not None and outcome[0] is not None:
+                    # Killed by the kernel at the sandbox's memory cap (its child, seen as a
+                    # SIGKILL, or the supervisor itself): a memory failure, said as such.
+                    now = group.oom_kills()
+                    if now > oom_kills:
+                        outcome, oom_kills = ("memory", None), now
+                results[i] = outcome
                 i += 1
+                if restart:
+                    return facts, i
             return facts, n
         finally:
             _kill(proc)

@@ -812,6 +812,12 @@ def supervisor_main() -> None:  # pragma: no cover - runs only inside the sandbo
                     pass
         if not fenced:
             os.setpgid(0, 0)
+        try:  # first in line for the OOM killer at a cgroup cap, before the supervisor
+            adj = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(adj, b"1000")
+            os.close(adj)
+        except OSError:
+            pass
         set_limit(resource.RLIMIT_AS, memory_bytes)
         set_limit(resource.RLIMIT_FSIZE, output_bytes)
         hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
