@@ -30,6 +30,7 @@ from ctbench.tracks.track import load_track
 @click.option("--tasks", default=None, help="Comma-separated subset of the track's tasks.")
 def main(track: str, seeds: str, steps: int | None, tasks: str | None) -> None:
     started = time.perf_counter()
+    env = environment("cpu")  # at the start: the commit that ran, not the one at the end
     the_track = load_track(track)
     rows = measure_band(
         the_track,
@@ -60,7 +61,7 @@ def main(track: str, seeds: str, steps: int | None, tasks: str | None) -> None:
         "all_in_band": all(r.in_band for r in rows),
         "wall_s": time.perf_counter() - started,
         "command": " ".join(["python", "benchmarks/band.py", *sys.argv[1:]]),
-        "env": environment("cpu"),
+        "env": env,
     }
     json.dump(report, sys.stdout, indent=2)
     print()
