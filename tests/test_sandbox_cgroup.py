@@ -5,10 +5,14 @@ cgroup this process may create children in; skips, saying why, elsewhere."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from sandbox_disarm import DISARM
 
 from ctbench.scoring.sandbox import SandboxLimits, fence_facts, run_programs
 from ctbench.scoring.sandbox_cgroup import cgroup_facts, remove_pending_groups
@@ -20,23 +24,6 @@ needs_cap = pytest.mark.skipif(
     reason=f"no kernel fence or no cgroup cap here: {FACTS.get('reason') or CAP.get('reason')}",
 )
 
-DISARM = """
-import os, sys
-def _disarm():
-    try:
-        os.system('true')
-    except PermissionError as exc:
-        tb = exc.__traceback__
-        while tb is not None:
-            refuse = tb.tb_frame.f_locals.get('refuse')
-            if callable(refuse) and refuse.__defaults__:
-                refuse.__defaults__[0][0] = None
-                refuse.__code__ = (lambda what, violation=None, Forbidden=None: None).__code__
-                return True
-            tb = tb.tb_next
-    return False
-assert _disarm(), 'could not disarm the audit hook'
-"""
 
 # Six processes of 200 MB each: every one under its 256 MB RLIMIT_AS, 1.2 GB together.
 SPREAD_OUT = """
@@ -119,10 +106,37 @@ def test_processes_are_capped_for_root_too() -> None:
 @needs_cap
 def test_each_sandbox_group_is_removed_once_its_processes_are_gone() -> None:
     parent = Path(str(CAP["memory_parent"]))
+    ours = f"ctbench-sandbox-{os.getpid()}-*"
     for _ in range(3):
         run_programs(["print(1)", DISARM + FORK_MANY], mode="program", limits=CAPPED)
     # A group whose PID namespace was still emptying waits for the next sandbox's start:
     # never more than the last one is left.
-    assert len(list(parent.glob("ctbench-sandbox-*"))) <= 1
+    assert len(list(parent.glob(ours))) <= 1
     remove_pending_groups(wait_s=2.0)  # as at exit
-    assert list(parent.glob("ctbench-sandbox-*")) == []
+    assert list(parent.glob(ours)) == []
+
+
+@needs_cap
+def test_groups_left_by_a_killed_process_are_removed_by_the_next_one() -> None:
+    parent = Path(str(CAP["memory_parent"]))
+    script = (
+        "import os\n"
+        "from ctbench.scoring.sandbox import run_programs\n"
+        "from ctbench.scoring import sandbox_cgroup\n"
+        "run_programs(['print(1)'], mode='program')\n"
+        "sandbox_cgroup._PENDING.clear()\n"
+        "group = sandbox_cgroup.create_cgroup(2**30, 64)\n"
+        "print(os.getpid(), flush=True)\n"
+        "os._exit(0)  # no atexit: as if killed\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    pid = done.stdout.split()[-1]
+    assert list(parent.glob(f"ctbench-sandbox-{pid}-*")), "the killed process left no group"
+    fresh = subprocess.run(
+        [sys.executable, "-c", "from ctbench.scoring import sandbox_cgroup as c; c.cgroup_facts()"],
+        check=True,
+    )
+    assert fresh.returncode == 0
+    assert list(parent.glob(f"ctbench-sandbox-{pid}-*")) == []

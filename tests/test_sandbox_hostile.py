@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sandbox_disarm import DISARM
 
 from ctbench.scoring import sandbox
 from ctbench.scoring.sandbox import (
@@ -40,24 +41,6 @@ pytestmark = pytest.mark.skipif(
 
 LIMITS = SandboxLimits(cpu_seconds=0.5, wall_seconds=2.0)
 
-# Makes the audit hook's `refuse` a no-op and clears the violation it just recorded.
-DISARM = """
-import os, sys
-def _disarm():
-    try:
-        os.system('true')
-    except PermissionError as exc:
-        tb = exc.__traceback__
-        while tb is not None:
-            refuse = tb.tb_frame.f_locals.get('refuse')
-            if callable(refuse) and refuse.__defaults__:
-                refuse.__defaults__[0][0] = None
-                refuse.__code__ = (lambda what, violation=None, Forbidden=None: None).__code__
-                return True
-            tb = tb.tb_next
-    return False
-assert _disarm(), 'could not disarm the audit hook'
-"""
 
 BENIGN = "print(sum(range(10)))"
 

@@ -201,7 +201,28 @@ def _place() -> _Place | None:
     if failure is not None:
         _REASON.append(failure)
         return None
+    _remove_stale(place)
     return place
+
+
+def _remove_stale(place: _Place) -> None:
+    """Remove the groups of ctbench processes that are gone (killed before they could remove
+    their own): each holds kernel memory while it exists. A group is named after its
+    process, so one whose process is alive is never touched here."""
+    for parent in {place.memory, place.pids}:
+        for group in parent.glob("ctbench-sandbox-*-*"):
+            owner = group.name.split("-")[2]
+            if not owner.isdigit() or int(owner) == os.getpid():
+                continue
+            try:
+                os.kill(int(owner), 0)
+                continue  # alive (or not ours to signal): its owner removes it
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
 
 DISABLE_ENV = "CTBENCH_SANDBOX_CGROUP"  # "0": no cap (to compare, or where a cap misbehaves)
