@@ -11,7 +11,8 @@ predictor and the leave-one-order-out stage-scale fit (:mod:`ctbench.results.pre
 the pooled, task-centred and per-run ACC correlations with pigeonhole-bootstrap 95% CIs
 (orders and seeds resampled independently), their difference, the stage fit's parameters,
 the measured ACC of every order, and the few-order study (:mod:`ctbench.results.few_orders`:
-fit the form to k orders' runs and pick, against best-of-k, the probes' pick and random).
+fit the form to k orders' runs and pick, against best-of-k, the probes' pick and random), and
+the order effect on the complete order × seed grid (:mod:`ctbench.results.order_effect`).
 Prints JSON; ``--json PATH`` also writes it.
 """
 
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import click
 
-from ctbench.results.few_orders import few_order_study
+from ctbench.results.few_orders import few_order_study, order_accs
+from ctbench.results.order_effect import order_effect
 from ctbench.results.predictor_check import cells_from_reports, check_predictors
 from ctbench.runs.provenance import environment
 
@@ -47,6 +49,7 @@ def main(folders: tuple[Path, ...], draws: int, json_path: Path | None) -> None:
         "stage_steps": stage_steps_value,
         "transfer_sources": {r["seed"]: r["transfer_source"] for r in reports},
         **check_predictors(reports, draws=draws),
+        "order_effect": order_effect(order_accs(cells_from_reports(reports))),
         "few_orders": few_order_study(
             cells_from_reports(reports),
             list(reports[0]["transfer"]["tasks"]),
