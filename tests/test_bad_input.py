@@ -211,6 +211,12 @@ BROKEN_FILES = [
     ),
     (
         "tracks/tiny.yaml",
+        "  entropy_samples: 4",
+        "  entropy_samples: 4\n  max_items: 0",
+        ["tiny.yaml: eval.max_items: expected a positive item count, got 0"],
+    ),
+    (
+        "tracks/tiny.yaml",
         "hidden_size: 128",
         "hidden_size: -128",
         ["tiny.yaml: model.tiny.hidden_size: expected a positive size, got -128"],

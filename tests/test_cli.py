@@ -1,4 +1,5 @@
-"""The CLI's commands end to end on the tiny track at tiny budgets, through real processes.
+"""The CLI's commands end to end on the tiny track at tiny budgets, through ``ctbench``'s
+entry point (in this process: see ``tests/cli_runner.py``).
 
 One workspace is shared by the module: ``transfer`` measures Δ, ``predict`` reads it,
 ``validate-prediction`` runs two orders (first in process with a hand-made Δ, then through
@@ -10,12 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import Outcome, invoke
 
 from ctbench.results.validation import validate_prediction
 from ctbench.runs.evaluate import distinct_entropy
@@ -36,17 +35,16 @@ class MathOnly(Strategy):
 """
 
 
-def ctbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctbench", *args], cwd=cwd, capture_output=True, text=True, env=env
-    )
+def ctbench(*args: str, cwd: Path) -> Outcome:
+    """A command that must succeed, run in this process (``tests/cli_runner.py``: a real
+    process would pay torch's import on every call; the SIGKILL tests keep real ones)."""
+    proc = invoke(*args, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     return proc
 
 
-def last_line(proc: subprocess.CompletedProcess) -> Path:
+def last_line(proc: Outcome) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_runner import invoke
+from small_tiny import small_tiny_track
 
 from ctbench.errors import UserError
 from ctbench.results.aggregate import (
@@ -100,11 +100,21 @@ def _recorded(run_dir) -> tuple:
 @pytest.mark.slow
 def test_grid_runs_cells_once_and_summarises(tmp_path):
     cells = run_grid(
-        ["joint", "random"], [0, 1], track="tiny", out=tmp_path, observer=SilentObserver(), budget=4
+        ["joint", "random"],
+        [0, 1],
+        track=small_tiny_track(),
+        out=tmp_path,
+        observer=SilentObserver(),
+        budget=4,
     )
     stamps = {key: _recorded(path) for key, path in cells.items()}
     again = run_grid(
-        ["joint", "random"], [0, 1], track="tiny", out=tmp_path, observer=SilentObserver(), budget=4
+        ["joint", "random"],
+        [0, 1],
+        track=small_tiny_track(),
+        out=tmp_path,
+        observer=SilentObserver(),
+        budget=4,
     )
     assert {k: _recorded(p) for k, p in again.items()} == stamps  # no cell ran again
     summary = summarise(cells, samples=200)
@@ -123,20 +133,7 @@ def test_grid_runs_cells_once_and_summarises(tmp_path):
 
 
 def test_compare_cli_bad_strategy_exits_2(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ctbench",
-            "compare",
-            "--strategies",
-            "nope",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = invoke("compare", "--strategies", "nope", "--out", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and "unknown strategy 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -160,7 +157,12 @@ def test_ray_executor_runs_cells_as_ray_tasks_with_the_local_numbers(tmp_path):
     pytest.importorskip("ray", reason="Ray is in the test extras; install ctbench[test]")
     import torch
 
-    grid = {"strategies": ["joint", "random"], "seeds": [0], "track": "tiny", "budget": 4}
+    grid = {
+        "strategies": ["joint", "random"],
+        "seeds": [0],
+        "track": small_tiny_track(),
+        "budget": 4,
+    }
     on_ray = run_grid(
         **grid, out=tmp_path / "ray", observer=SilentObserver(), executor="ray", cpus_per_cell=1
     )
@@ -196,10 +198,10 @@ def test_ray_executor_reports_a_failing_cell_clearly(tmp_path):
         run_grid(
             [f"{strategy}:Broken"],
             [0],
-            track="tiny",
+            track=small_tiny_track(),
             out=tmp_path / "runs",
             observer=SilentObserver(),
             budget=2,
             executor="ray",
         )
-    assert not any((tmp_path / "runs" / "compare-tiny").glob("*/result.json"))
+    assert not any((tmp_path / "runs").glob("*/*/result.json"))

@@ -8,12 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from small_tiny import small_tiny_track
 
 from ctbench.errors import UserError
 from ctbench.results.leaderboard import build_leaderboard, find_results, write_leaderboard
 from ctbench.runs.config import RunConfig
 from ctbench.runs.result import result_content_hash
 from ctbench.runs.run import Run, SilentObserver
+from ctbench.tracks.track import load_track
 
 # Every test here reads runs trained by the module's fixture.
 pytestmark = pytest.mark.slow
@@ -33,6 +35,13 @@ class OneTask(Strategy):
 
 
 @pytest.fixture(scope="module")
+def tiny_track():
+    """The tiny track with its evaluation cut (``tests/small_tiny.py``): the boards here
+    check validation and rendering, and the runs behind them cost a quarter as much."""
+    return load_track(small_tiny_track())
+
+
+@pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("board")
     strategies = {"joint": "joint"}
@@ -48,7 +57,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         ("creative-only", 0, BUDGET),
     ):
         run = Run.create(
-            RunConfig(strategy=strategies[name], seed=seed, budget=budget),
+            RunConfig(
+                track=small_tiny_track(), strategy=strategies[name], seed=seed, budget=budget
+            ),
             out,
             SilentObserver(),
             run_id=f"{name}-s{seed}-b{budget}",
@@ -122,7 +133,7 @@ def test_wrong_track_hash_is_refused_even_when_rehashed(runs, tiny_track, tmp_pa
         result["track"]["hash"] = "0" * 16
 
     bad = copy_run(runs["joint-s0-b2"], tmp_path / "foreign", edit, rehash=True)
-    _refused(tiny_track, [bad], "track hash 0000000000000000 is not track 'tiny'")
+    _refused(tiny_track, [bad], "track hash 0000000000000000 is not track 'tiny-small-eval'")
 
 
 def test_schema_violation_is_refused(runs, tiny_track, tmp_path):

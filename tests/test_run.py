@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import Outcome, invoke
 from killpoints import killed_at, run_files
+from small_tiny import small_tiny_track
 
 from ctbench.errors import UserError
 from ctbench.runs.config import RunConfig
@@ -53,7 +55,11 @@ def deterministic_part(result: dict) -> dict:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("runs")
-    run = Run.create(RunConfig(strategy="random", seed=3, budget=BUDGET), out, SilentObserver())
+    run = Run.create(
+        RunConfig(track=small_tiny_track(), strategy="random", seed=3, budget=BUDGET),
+        out,
+        SilentObserver(),
+    )
     return run.execute() | {"_dir": str(run.dir)}
 
 
@@ -86,9 +92,22 @@ def test_result_has_the_promised_fields(first_run):
 
 
 @pytest.mark.slow
+def test_eval_max_items_scores_the_first_items_only(first_run):
+    """The track's ``eval.max_items: 50`` (tests/small_tiny.py): every task is scored on its
+    first 50 eval items, and the result says so."""
+    run_dir = Path(first_run["_dir"])
+    for task in first_run["tasks"]:
+        assert first_run["task_info"][task]["eval_size"] == 50
+        lines = (run_dir / "samples" / f"stage-00-{task}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["index"] for line in lines] == list(range(50))
+
+
+@pytest.mark.slow
 def test_same_seed_gives_identical_numbers(first_run, tmp_path):
     again = Run.create(
-        RunConfig(strategy="random", seed=3, budget=BUDGET), tmp_path, SilentObserver()
+        RunConfig(track=small_tiny_track(), strategy="random", seed=3, budget=BUDGET),
+        tmp_path,
+        SilentObserver(),
     ).execute()
     assert deterministic_part(again) == deterministic_part(
         {k: v for k, v in first_run.items() if k != "_dir"}
@@ -98,7 +117,9 @@ def test_same_seed_gives_identical_numbers(first_run, tmp_path):
 @pytest.mark.slow
 def test_resume_after_interruption_matches_uninterrupted_run(first_run, tmp_path):
     run = Run.create(
-        RunConfig(strategy="random", seed=3, budget=BUDGET), tmp_path, InterruptAt(stage=3, step=1)
+        RunConfig(track=small_tiny_track(), strategy="random", seed=3, budget=BUDGET),
+        tmp_path,
+        InterruptAt(stage=3, step=1),
     )
     with pytest.raises(Interrupt):
         run.execute()
@@ -112,7 +133,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(first_run, tmp_path
 @pytest.mark.slow
 def test_joint_has_undefined_bwt_with_reason(tmp_path):
     result = Run.create(
-        RunConfig(strategy="joint", seed=0, budget=2), tmp_path, SilentObserver()
+        RunConfig(track=small_tiny_track(), strategy="joint", seed=0, budget=2),
+        tmp_path,
+        SilentObserver(),
     ).execute()
     assert len(result["stages"]) == 1 and result["stages"][0]["tasks"] == sorted(result["tasks"])
     assert (
@@ -131,7 +154,9 @@ def test_budget_overrun_is_refused(tmp_path):
         "        yield Stage(mixture={'math': 1.0}, steps=ctx.budget + 1)\n"
     )
     run = Run.create(
-        RunConfig(strategy=f"{greedy}:Greedy", budget=3), tmp_path / "out", SilentObserver()
+        RunConfig(track=small_tiny_track(), strategy=f"{greedy}:Greedy", budget=3),
+        tmp_path / "out",
+        SilentObserver(),
     )
     with pytest.raises(
         BudgetExceeded, match="asks for 4 steps but only 3 of the budget of 3 remain"
@@ -141,7 +166,9 @@ def test_budget_overrun_is_refused(tmp_path):
 
 
 def test_budget_too_small_for_random(tmp_path):
-    run = Run.create(RunConfig(strategy="random", budget=3), tmp_path, SilentObserver())
+    run = Run.create(
+        RunConfig(track=small_tiny_track(), strategy="random", budget=3), tmp_path, SilentObserver()
+    )
     with pytest.raises(
         UserError, match="too small: one stage for each of 4 tasks needs at least 4"
     ):
@@ -149,11 +176,10 @@ def test_budget_too_small_for_random(tmp_path):
     assert not run.dir.exists()  # failed before any stage: nothing is left behind
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "ctbench", *args], cwd=cwd, capture_output=True, text=True, env=env
-    )
+def cli(*args: str, cwd: Path) -> Outcome:
+    """The CLI in this process (see ``tests/cli_runner.py``); the SIGKILL tests below start
+    the killed runs as real processes."""
+    return invoke(*args, cwd=cwd)
 
 
 @pytest.mark.parametrize(
@@ -216,6 +242,8 @@ def test_sigkill_mid_run_then_cli_resume_gives_the_same_result(first_run, tmp_pa
     out = tmp_path / "out"
     args = [
         "run",
+        "--track",
+        small_tiny_track(),
         "--strategy",
         "random",
         "--seed",
@@ -279,12 +307,9 @@ def test_sigkill_at_every_commit_point_then_resume_gives_the_same_run(first_run,
     the state write, and between result.json and the checkpoint removal — each time resumed
     with the next kill — the run ends with the uninterrupted numbers, samples and files."""
     out = tmp_path / "out"
-    killed_at(
-        "evaluation",
-        7,  # 4 base-row evaluations, then the 3rd task after stage 1
-        ["run", "--strategy", "random", "--seed", "3", "--budget", str(BUDGET), "--out", str(out)],
-        tmp_path,
-    )
+    args = ["run", "--track", small_tiny_track(), "--strategy", "random", "--seed", "3"]
+    args += ["--budget", str(BUDGET), "--out", str(out)]
+    killed_at("evaluation", 7, args, tmp_path)  # the base row, then 3rd task of row 1
     (run_dir,) = out.iterdir()
     state = json.loads((run_dir / "state.json").read_text())
     assert len(state["rows"]) == 1 and not state["items"]

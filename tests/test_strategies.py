@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from cli_runner import invoke
 from killpoints import killed_at, run_files
+from small_tiny import small_tiny_track
 
 from ctbench.errors import UserError
 from ctbench.runs.config import RunConfig
@@ -63,7 +62,11 @@ def results(tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("strategies")
     made = {}
     for name in REFERENCE:
-        run = Run.create(RunConfig(strategy=name, seed=0, budget=BUDGET), out, SilentObserver())
+        run = Run.create(
+            RunConfig(track=small_tiny_track(), strategy=name, seed=0, budget=BUDGET),
+            out,
+            SilentObserver(),
+        )
         made[name] = run.execute()
         RUN_DIRS[name] = run.dir
     return made
@@ -134,7 +137,11 @@ def test_chord_records_the_mu_trace(results):
 
 @pytest.mark.slow
 def test_bwt_resumes_after_an_interrupted_probe(results, tmp_path):
-    run = Run.create(RunConfig(strategy="bwt", seed=0, budget=BUDGET), tmp_path, InterruptAt(3))
+    run = Run.create(
+        RunConfig(track=small_tiny_track(), strategy="bwt", seed=0, budget=BUDGET),
+        tmp_path,
+        InterruptAt(3),
+    )
     with pytest.raises(Interrupt):
         run.execute()
     resumed = Run.resume(run.dir, SilentObserver()).execute()
@@ -143,7 +150,11 @@ def test_bwt_resumes_after_an_interrupted_probe(results, tmp_path):
 
 @pytest.mark.slow
 def test_merge_resumes_with_its_kept_branches(results, tmp_path):
-    run = Run.create(RunConfig(strategy="merge", seed=0, budget=BUDGET), tmp_path, InterruptAt(4))
+    run = Run.create(
+        RunConfig(track=small_tiny_track(), strategy="merge", seed=0, budget=BUDGET),
+        tmp_path,
+        InterruptAt(4),
+    )
     with pytest.raises(Interrupt):
         run.execute()
     assert len(json.loads((run.dir / "state.json").read_text())["kept"]) == 3
@@ -157,18 +168,13 @@ def test_merge_killed_during_its_merge_resumes_to_the_same_run(results, tmp_path
     run merges again (DARE/TIES seeds derive from the run seed) and ends with the numbers and
     the files of the uninterrupted run, leaving no staging folder behind."""
     out = tmp_path / "out"
-    args = ["run", "--strategy", "merge", "--seed", "0", "--budget", str(BUDGET)]
+    args = ["run", "--track", small_tiny_track(), "--strategy", "merge", "--seed", "0"]
+    args += ["--budget", str(BUDGET)]
     killed_at("merge", 1, [*args, "--out", str(out)], tmp_path)
     (run_dir,) = out.iterdir()
     assert len(json.loads((run_dir / "state.json").read_text())["kept"]) == 4
     assert not (run_dir / "result.json").exists()
-    proc = subprocess.run(
-        [sys.executable, "-m", "ctbench", "run", "--resume", str(run_dir)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    proc = invoke("run", "--resume", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     resumed = json.loads((run_dir / "result.json").read_text())
     assert deterministic_part(resumed) == deterministic_part(results["merge"])
@@ -206,7 +212,11 @@ def test_stage_hparams_are_checked_by_the_engine(tmp_path):
             """
         )
     )
-    run = Run.create(RunConfig(strategy=f"{bad}:Bad", budget=2), tmp_path / "out", SilentObserver())
+    run = Run.create(
+        RunConfig(track=small_tiny_track(), strategy=f"{bad}:Bad", budget=2),
+        tmp_path / "out",
+        SilentObserver(),
+    )
     with pytest.raises(UserError, match="unknown stage hyper-parameter 'mu_peak'"):
         run.execute()
 
@@ -244,7 +254,9 @@ def test_plugin_from_an_entry_point(tmp_path, monkeypatch):
     resolved = resolve_strategy("my-one-stage")
     assert resolved.cls.__name__ == "OneStage" and resolved.origin == "entry point my-one-stage"
     result = Run.create(
-        RunConfig(strategy="my-one-stage", budget=1), tmp_path / "out", SilentObserver()
+        RunConfig(track=small_tiny_track(), strategy="my-one-stage", budget=1),
+        tmp_path / "out",
+        SilentObserver(),
     ).execute()
     assert result["strategy"]["name"] == "my-one-stage" and result["budget"]["spent_steps"] == 1
 
@@ -279,7 +291,11 @@ def test_bad_plugins_are_refused_before_a_run_folder_exists(tmp_path, source, re
     path = tmp_path / "plugin.py"
     path.write_text(source)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        Run.create(RunConfig(strategy=f"{path}:{ref}"), tmp_path / "out", SilentObserver())
+        Run.create(
+            RunConfig(track=small_tiny_track(), strategy=f"{path}:{ref}"),
+            tmp_path / "out",
+            SilentObserver(),
+        )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -304,7 +320,7 @@ def test_a_resumed_folder_is_kept_when_its_strategy_fails_before_any_item(tmp_pa
 
     path = tmp_path / "crash.py"
     path.write_text(PLUGIN.replace("yield Stage", "1 / 0\n        yield Stage"))
-    config = RunConfig(strategy=f"{path}:OneStage", budget=2)
+    config = RunConfig(track=small_tiny_track(), strategy=f"{path}:OneStage", budget=2)
     made = Run.create(config, tmp_path / "out", SilentObserver())  # a folder, never run
     (made.dir / "keep-me.txt").write_text("earlier work")
     with pytest.raises(StrategyFailed, match="division by zero"):
@@ -315,7 +331,9 @@ def test_a_resumed_folder_is_kept_when_its_strategy_fails_before_any_item(tmp_pa
 def test_one_process_per_run_folder(tmp_path):
     import fcntl
 
-    made = Run.create(RunConfig(strategy="joint", budget=1), tmp_path, SilentObserver())
+    made = Run.create(
+        RunConfig(track=small_tiny_track(), strategy="joint", budget=1), tmp_path, SilentObserver()
+    )
     with open(made.dir / "config.json", "rb") as held:  # as a running process holds it
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with pytest.raises(UserError, match="another ctbench process is running this folder"):
@@ -327,7 +345,9 @@ def test_a_resume_on_a_changed_track_is_refused(tmp_path):
     """state.json records the track's hash: a resume on another track content is refused."""
     from ctbench.training.compute import ComputeMeter
 
-    made = Run.create(RunConfig(strategy="joint", budget=1), tmp_path, SilentObserver())
+    made = Run.create(
+        RunConfig(track=small_tiny_track(), strategy="joint", budget=1), tmp_path, SilentObserver()
+    )
     state = {
         "started": "2026-01-01T00:00:00+00:00",
         "meter": ComputeMeter().to_json(),
@@ -345,24 +365,8 @@ def test_a_resume_on_a_changed_track_is_refused(tmp_path):
 def test_exception_inside_schedule_leaves_no_partial_result(tmp_path):
     path = tmp_path / "crash.py"
     path.write_text(PLUGIN.replace("yield Stage", "1 / 0\n        yield Stage"))
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ctbench",
-            "run",
-            "--strategy",
-            f"{path}:OneStage",
-            "--budget",
-            "2",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
+    proc = invoke(
+        "run", "--strategy", f"{path}:OneStage", "--budget", "2", "--out", "out", cwd=tmp_path
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "schedule() raised ZeroDivisionError: division by zero" in " ".join(proc.stderr.split())
@@ -377,7 +381,11 @@ def test_unknown_start_and_duplicate_branch_names_are_refused(tmp_path):
             'yield Stage(mixture={"math": 1.0}, steps=1, start="nowhere", name="x")',
         )
     )
-    run = Run.create(RunConfig(strategy=f"{path}:OneStage", budget=2), tmp_path, SilentObserver())
+    run = Run.create(
+        RunConfig(track=small_tiny_track(), strategy=f"{path}:OneStage", budget=2),
+        tmp_path,
+        SilentObserver(),
+    )
     with pytest.raises(StrategyFailed, match="starts from 'nowhere'"):
         run.execute()
 
@@ -391,7 +399,11 @@ def test_probe_budget_overrun_is_refused(tmp_path):
             '        yield Stage(mixture={"qa": 1.0}, steps=1, name="q")',
         )
     )
-    run = Run.create(RunConfig(strategy=f"{path}:OneStage", budget=2), tmp_path, SilentObserver())
+    run = Run.create(
+        RunConfig(track=small_tiny_track(), strategy=f"{path}:OneStage", budget=2),
+        tmp_path,
+        SilentObserver(),
+    )
     with pytest.raises(BudgetExceeded, match="asks for 1 steps but only 0 of the budget of 2"):
         run.execute()
     assert not (run.dir / "result.json").exists()
@@ -402,7 +414,9 @@ def test_example_submission_runs(tmp_path):
     example = Path(__file__).resolve().parent.parent / "examples" / "entropy_order.py"
     assert len(example.read_text().splitlines()) < 80
     result = Run.create(
-        RunConfig(strategy=f"{example}:EntropyOrder", budget=8), tmp_path, SilentObserver()
+        RunConfig(track=small_tiny_track(), strategy=f"{example}:EntropyOrder", budget=8),
+        tmp_path,
+        SilentObserver(),
     ).execute()
     report = result["strategy"]["report"]
     structured = sorted(report["entropy_drop"], key=lambda t: -report["entropy_drop"][t])
@@ -418,7 +432,9 @@ def test_readme_strategy_example_runs(tmp_path):
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "mine.py").write_text(code)
     result = Run.create(
-        RunConfig(strategy=f"{tmp_path / 'mine.py'}:StructuredFirst", budget=4),
+        RunConfig(
+            track=small_tiny_track(), strategy=f"{tmp_path / 'mine.py'}:StructuredFirst", budget=4
+        ),
         tmp_path / "out",
         SilentObserver(),
     ).execute()

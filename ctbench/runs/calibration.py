@@ -111,6 +111,7 @@ def measure_band(
         meter,
         entropy_prompts=track.spec.eval.entropy_prompts,
         entropy_samples=track.spec.eval.entropy_samples,
+        max_items=track.spec.eval.max_items,
         prompt_text=PromptFormat(tokenizer, track.tasks).text,
     )
     base_eval = evaluator.evaluate(base_model, derived_seed(0, 0, 1))

@@ -70,6 +70,7 @@ class Evaluator:
         *,
         entropy_prompts: int = 48,
         entropy_samples: int = 4,
+        max_items: int | None = None,
         batch_size: int = 512,
         prompt_text: Callable[[Item], str] | None = None,
     ) -> None:
@@ -81,6 +82,7 @@ class Evaluator:
         self.meter = meter
         self.entropy_prompts = entropy_prompts
         self.entropy_samples = entropy_samples
+        self.max_items = max_items  # the track's eval.max_items: score the first N items only
         self.batch_size = batch_size
 
     def _generate(
@@ -121,12 +123,13 @@ class Evaluator:
         self, model: PreTrainedModel, task: Task, seed: int, phase: str = "eval"
     ) -> TaskEvaluation:
         spec = task.spec
+        items = task.eval if self.max_items is None else task.eval[: self.max_items]
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         greedy = spec.eval.decoding == "greedy"
         samples = 1 if greedy else spec.eval.samples_per_prompt
         groups, _ = self._generate(
             model,
-            task.eval,
+            items,
             samples,
             greedy=greedy,
             temperature=spec.eval.temperature,
@@ -135,13 +138,13 @@ class Evaluator:
             phase=phase,
         )
         reward = self.rewards[spec.name]
-        scores = reward.score_groups(task.eval, groups, training=False)
+        scores = reward.score_groups(items, groups, training=False)
         per_item = [sum(row) / len(row) for row in scores]
-        answers = reward.answers(task.eval, groups) if isinstance(reward, ExtractedAnswer) else None
+        answers = reward.answers(items, groups) if isinstance(reward, ExtractedAnswer) else None
         mean, stderr = mean_and_stderr(per_item)
 
         # Entropy view: K samples at temperature 1 on the first prompts of the eval set.
-        probe_items = task.eval[: self.entropy_prompts]
+        probe_items = items[: self.entropy_prompts]
         k = self.entropy_samples
         sampled, token_entropies = self._generate(
             model,
@@ -167,7 +170,7 @@ class Evaluator:
                 "scores": row,
                 "score": score,
             }
-            for item, group, row, score in zip(task.eval, groups, scores, per_item, strict=True)
+            for item, group, row, score in zip(items, groups, scores, per_item, strict=True)
         ]
         failures = None
         if answers is not None:  # what each completion was graded as; None = format failure

@@ -167,7 +167,7 @@ def build_result(
             n: {
                 "domain": t.spec.domain,
                 "chance": chances[n],
-                "eval_size": len(t.eval),
+                "eval_size": len(t.eval[: track.spec.eval.max_items]),
                 "reward_kind": t.spec.reward.kind,
                 **reward_info(t),
                 # Dataset rows a transform rejected (e.g. MBPP asserts that are not

@@ -302,6 +302,7 @@ class Run:
             meter,
             entropy_prompts=spec.eval.entropy_prompts,
             entropy_samples=spec.eval.entropy_samples,
+            max_items=spec.eval.max_items,
             prompt_text=engine.prompts.text,
         )
         seed = self.config.seed

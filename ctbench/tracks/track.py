@@ -58,6 +58,10 @@ class ModelSpec:
 class EvalSettings:
     entropy_prompts: int = 48
     entropy_samples: int = 4
+    # Score each task on the first N items of its eval set only (None: all of them). For
+    # smoke runs and tests, as lm-eval's --limit: scores get noisier, so results record the
+    # size used (task_info.<task>.eval_size) and the track hash changes with it.
+    max_items: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,12 @@ def parse_track_spec(path: Path) -> TrackSpec:
     if rl.aggregation not in ("token-mean", "seq-mean-token-mean"):
         raise top.error("rl.aggregation", "expected token-mean or seq-mean-token-mean")
     sft = _dataclass_from(top.sub("sft"), SFTConfig)
-    evaluation = _dataclass_from(top.sub("eval"), EvalSettings)
+    eval_fields = top.sub("eval")
+    max_items = eval_fields.get("max_items", (int, type(None)), None)
+    if max_items is not None and max_items <= 0:
+        raise eval_fields.error("max_items", f"expected a positive item count, got {max_items}")
+    evaluation = _dataclass_from(eval_fields, EvalSettings, skip=("max_items",))
+    evaluation = replace(evaluation, max_items=max_items)
     chat = top.get("chat", bool, False)
     system_prompt = top.get("system_prompt", (str, type(None)), None)
     memory = _memory_from(top.sub("memory"), path)
