@@ -258,6 +258,8 @@ class Track:
             del track["system_prompt"]
         if model["lora"] is None:
             del model["lora"]
+        if track["eval"]["max_items"] is None:
+            del track["eval"]["max_items"]
         # How a step is computed (micro-batches, checkpointing) gives the same numbers within
         # rounding, so it is not part of the benchmark's identity; precision is.
         memory = track.pop("memory")
