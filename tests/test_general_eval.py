@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cli_runner import Outcome, invoke
 
 from ctbench.runs.config import RunConfig
 from ctbench.runs.run import FINAL_MODEL, Run, SilentObserver
@@ -84,7 +85,13 @@ def ctbench(*args: str, work: Path, cwd: Path = FIXTURES) -> subprocess.Complete
     )
 
 
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
+def ctbench_here(*args: str, cwd: Path = FIXTURES) -> Outcome:
+    """The CLI in this process, for errors found before lm-eval or datasets is imported
+    (a real process costs ~10 s of imports; the ones that reach the Hub keep it)."""
+    return invoke(*args, cwd=cwd)
+
+
+def one_line_error(proc: subprocess.CompletedProcess | Outcome) -> str:
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -280,11 +287,9 @@ def test_a_chat_protocol_renders_requests_and_shots_as_turns(monkeypatch, tmp_pa
 def test_bad_protocol_options_are_one_line_before_anything_loads(work: Path) -> None:
     missing = work / "never-made"
     args = ["eval-general", str(missing), "--num-fewshot", "-2"]
-    message = one_line_error(ctbench(*args, work=work))
+    message = one_line_error(ctbench_here(*args))
     assert "--num-fewshot: expected a number of few-shot examples >= 0, got -2" in message
-    message = one_line_error(
-        ctbench("eval-general", str(missing), "--chat-template", "maybe", work=work)
-    )
+    message = one_line_error(ctbench_here("eval-general", str(missing), "--chat-template", "maybe"))
     assert "--chat-template: expected one of auto, on, off, got 'maybe'" in message
 
 
@@ -293,7 +298,7 @@ def test_an_unfinished_run_folder_is_one_line(work: Path) -> None:
     unfinished = work / "unfinished"
     unfinished.mkdir(exist_ok=True)
     (unfinished / "config.json").write_text(json.dumps({"track": "tiny"}))
-    message = one_line_error(ctbench("eval-general", str(unfinished), work=work))
+    message = one_line_error(ctbench_here("eval-general", str(unfinished)))
     assert f"{unfinished}: not a finished run folder (no result.json)" in message
     assert f"ctbench run --resume {unfinished}" in message
     assert not (unfinished / "general_eval.json").exists()
@@ -303,7 +308,7 @@ def test_an_unfinished_run_folder_is_one_line(work: Path) -> None:
 def test_a_run_without_its_final_model_folder_is_one_line(run_dir: Path, work: Path) -> None:
     copy = work / "no-final"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(FINAL_MODEL, "general_eval*"))
-    message = one_line_error(ctbench("eval-general", str(copy), work=work))
+    message = one_line_error(ctbench_here("eval-general", str(copy)))
     assert "names the final model final-model/ but it is missing" in message
 
 
