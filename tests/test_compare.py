@@ -99,23 +99,10 @@ def _recorded(run_dir) -> tuple:
 
 @pytest.mark.slow
 def test_grid_runs_cells_once_and_summarises(tmp_path):
-    cells = run_grid(
-        ["joint", "random"],
-        [0, 1],
-        track=small_tiny_track(),
-        out=tmp_path,
-        observer=SilentObserver(),
-        budget=4,
-    )
+    grid = {"track": small_tiny_track(), "out": tmp_path, "observer": SilentObserver()}
+    cells = run_grid(["joint", "random"], [0, 1], **grid, budget=4)
     stamps = {key: _recorded(path) for key, path in cells.items()}
-    again = run_grid(
-        ["joint", "random"],
-        [0, 1],
-        track=small_tiny_track(),
-        out=tmp_path,
-        observer=SilentObserver(),
-        budget=4,
-    )
+    again = run_grid(["joint", "random"], [0, 1], **grid, budget=4)
     assert {k: _recorded(p) for k, p in again.items()} == stamps  # no cell ran again
     summary = summarise(cells, samples=200)
     rows = {row["strategy"]: row for row in summary["rows"]}

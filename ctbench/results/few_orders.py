@@ -39,6 +39,23 @@ def order_accs(cells: Sequence[Cell]) -> dict[int, dict[tuple[str, ...], float]]
     return {s: {o: float(np.mean(v)) for o, v in by.items()} for s, by in runs.items()}
 
 
+def complete_seeds(
+    accs: dict[int, dict[tuple[str, ...], float]],
+) -> tuple[list[int], list[tuple[str, ...]]]:
+    """The seeds that measured every order of the most complete seed, and those orders.
+
+    Analyses that compare seeds order by order need a crossed grid; a seed with only some
+    orders (``validate-prediction --orders 8``) is left out rather than imputed."""
+    full = max(len(by) for by in accs.values())
+    used = sorted(s for s, by in accs.items() if len(by) == full)
+    if len(used) < 2:
+        raise ValueError("needs every order at two seeds or more")
+    orders = sorted(accs[used[0]])
+    if any(sorted(accs[s]) != orders for s in used):
+        raise ValueError("the complete seeds measured different orders")
+    return used, orders
+
+
 def predicted_accs(
     theta: np.ndarray, orders: Sequence[tuple[str, ...]], tasks: Sequence[str]
 ) -> np.ndarray:
@@ -66,13 +83,7 @@ def few_order_study(
     Needs every order measured at two seeds or more (a pick is scored on the others);
     seeds with fewer orders than the most complete one are left out and named."""
     accs_all = order_accs(cells)
-    full = max(len(by) for by in accs_all.values())
-    used = sorted(s for s, by in accs_all.items() if len(by) == full)
-    if len(used) < 2:
-        raise ValueError("needs every order at two seeds or more")
-    orders = sorted(accs_all[used[0]])
-    if any(sorted(accs_all[s]) != orders for s in used):
-        raise ValueError("the complete seeds measured different orders")
+    used, orders = complete_seeds(accs_all)
     accs = {s: accs_all[s] for s in used}
     kept = [c for c in cells if c.seed in used]
     rng = np.random.default_rng(seed)

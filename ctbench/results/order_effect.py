@@ -15,27 +15,22 @@ predict seed 1's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
+from ctbench.results.few_orders import complete_seeds
 
-def order_effect(accs: Mapping[int, Mapping[tuple[str, ...], float]]) -> dict[str, Any]:
+
+def order_effect(accs: dict[int, dict[tuple[str, ...], float]]) -> dict[str, Any]:
     """Two-way ANOVA (order × seed, one run per cell) and seed-pair correlations.
 
     ``accs`` maps seed → order → final ACC (as :func:`ctbench.results.few_orders.order_accs`
     gives). Only seeds that measured every order of the most complete seed are used; the
     others are named in ``left_out_seeds``."""
-    full = max(len(by) for by in accs.values())
-    used = sorted(s for s, by in accs.items() if len(by) == full)
-    if len(used) < 2:
-        raise ValueError("needs every order at two seeds or more")
-    orders = sorted(accs[used[0]])
-    if any(sorted(accs[s]) != orders for s in used):
-        raise ValueError("the complete seeds measured different orders")
+    used, orders = complete_seeds(accs)
     if len(orders) < 3:
         raise ValueError("needs three orders or more")
     grid = np.array([[accs[s][o] for s in used] for o in orders])  # orders × seeds
