@@ -20,6 +20,7 @@ from ctbench.errors import UserError
 from ctbench.runs.config import RunConfig
 from ctbench.runs.run import Run, SilentObserver
 from ctbench.strategy import BudgetExceeded
+from ctbench.tracks.track import load_track
 
 BUDGET = 8
 
@@ -95,8 +96,6 @@ def test_result_has_the_promised_fields(first_run):
 def test_eval_max_items_scores_the_first_items_only(first_run):
     """The track's ``eval.max_items: 50`` (tests/small_tiny.py): every task is scored on its
     first 50 eval items, the result says so, and the track hash is not the full track's."""
-    from ctbench.tracks.track import load_track
-
     assert first_run["track"]["hash"] != load_track("tiny").content_hash()
     run_dir = Path(first_run["_dir"])
     for task in first_run["tasks"]:

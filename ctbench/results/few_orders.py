@@ -22,7 +22,7 @@ validate-prediction cells; ``benchmarks/predictor_at_scale.py`` prints them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ def order_accs(cells: Sequence[Cell]) -> dict[int, dict[tuple[str, ...], float]]
 
 
 def complete_seeds(
-    accs: dict[int, dict[tuple[str, ...], float]],
+    accs: Mapping[int, Mapping[tuple[str, ...], float]],
 ) -> tuple[list[int], list[tuple[str, ...]]]:
     """The seeds that measured every order of the most complete seed, and those orders.
 

@@ -15,6 +15,7 @@ predict seed 1's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import combinations
 from typing import Any
 
@@ -24,7 +25,7 @@ from scipy import stats
 from ctbench.results.few_orders import complete_seeds
 
 
-def order_effect(accs: dict[int, dict[tuple[str, ...], float]]) -> dict[str, Any]:
+def order_effect(accs: Mapping[int, Mapping[tuple[str, ...], float]]) -> dict[str, Any]:
     """Two-way ANOVA (order × seed, one run per cell) and seed-pair correlations.
 
     ``accs`` maps seed → order → final ACC (as :func:`ctbench.results.few_orders.order_accs`
