@@ -353,8 +353,10 @@ def test_lora_checkpoint_holds_adapters_only_and_reloads_the_same_model(
 
 
 def test_lora_micro_batches_with_checkpointing_equal_the_whole_step(smol, tmp_path: Path) -> None:
-    """SmolLM2 with adapters, the model's own forward: 4 rollouts in micro-batches of 1 with
-    gradient checkpointing give the one-batch step's gradients."""
+    """SmolLM2 with adapters: the one-batch step takes the grouped forward (GQA, each
+    group's prompt once, peft's low-rank path on stacked adapters); 4 rollouts in
+    micro-batches of 1 with gradient checkpointing take the model's own forward. Both give
+    the same loss, KL and adapter gradients."""
     model, tokenizer = smol
     grads = []
     for memory in ({}, {"micro_batch": 1, "gradient_checkpointing": True}):
@@ -364,6 +366,7 @@ def test_lora_micro_batches_with_checkpointing_equal_the_whole_step(smol, tmp_pa
                 if "lora_B" in name:
                     param.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(1))
         engine = _smoke_engine(adapted, tokenizer, tmp_path / str(len(grads)), **memory)
+        assert engine.grouped_path(adapted, engine.rl.group_size) == (not memory)
         log = engine.train_stage({"wordmath": 1.0}, "rl", 1, seed=2, hparams={"lr": 0.0})[0]
         named = {n: p.grad.clone() for n, p in adapted.named_parameters() if p.requires_grad}
         grads.append((log, named))

@@ -312,9 +312,13 @@ class Engine:
 
     def grouped_path(self, model: PreTrainedModel, group: int) -> bool:
         """Whether training log-probs take fastllama's grouped forward (each group's prompt
-        computed once): plain Llama weights, groups, and no activation checkpointing (which
-        only the model's own modules apply)."""
-        return group > 1 and not self.memory.gradient_checkpointing and fastllama.supports(model)
+        computed once): Llama weights (plain, or under dropout-free LoRA adapters), groups,
+        and no activation checkpointing (which only the model's own modules apply)."""
+        return (
+            group > 1
+            and not self.memory.gradient_checkpointing
+            and fastllama.supports(model, adapters=True, training=True)
+        )
 
     @property
     def accumulating(self) -> bool:

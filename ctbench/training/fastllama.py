@@ -9,7 +9,11 @@ on preallocated K/V buffers, with the q/k/v and gate/up weights fused once per r
 It is used only for configurations it reproduces exactly (:func:`supports`); anything else
 goes through the generic Hugging Face cache path. ``tests/test_rollout.py`` checks its
 greedy output against ``model.generate`` and its log-probs against a full HF forward.
-Training never uses it: gradients always flow through the Hugging Face model.
+
+Training reuses the same layer arithmetic in :func:`grouped_completion_logits` (each GRPO
+group's prompt computed once), with autograd: full fine-tuning differentiates the fused
+weights; LoRA keeps peft's low-rank path ``x Wᵀ + s · (x Aᵀ) Bᵀ`` on the adapters' own
+parameters, so no full-size weight gradient is ever formed.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ def _plain_linear(module: object) -> bool:
     return type(module) is torch.nn.Linear
 
 
-def _lora_linear(module: object) -> bool:
-    """A peft LoRA linear that decoding can read as one weight, ``W + scale · B A``: one
-    active plain adapter (no DoRA, no adapter bias) over a plain linear, not merged."""
+def _lora_linear(module: object, *, dropout_free: bool = False) -> bool:
+    """A peft LoRA linear that this module can compute: one active plain adapter (no DoRA or
+    other variant, no adapter bias) over a plain linear, not merged. Decoding reads it as one
+    weight, ``W + scale · B A``; training (``dropout_free``) computes peft's own
+    ``base(x) + B(A(x)) · scale`` and so also needs the adapter's dropout to be the identity
+    (peft's choice for ``lora_dropout`` 0): a dropout mask would draw from the RNG."""
     try:
         from peft.tuners.lora import Linear as LoraLinear
     except ImportError:  # peft is optional for full fine-tuning
@@ -44,7 +51,11 @@ def _lora_linear(module: object) -> bool:
     if len(active) != 1 or module.merged or active[0] not in module.lora_A:
         return False
     name = active[0]
-    return not module.use_dora.get(name, False) and module.lora_B[name].bias is None
+    if name in getattr(module, "lora_variant", {}) or module.use_dora.get(name, False):
+        return False
+    if dropout_free and type(module.lora_dropout[name]) is not torch.nn.Identity:
+        return False
+    return module.lora_B[name].bias is None
 
 
 def _weight(module) -> torch.Tensor:
@@ -64,11 +75,10 @@ def unwrapped(model: PreTrainedModel) -> PreTrainedModel:
     return get_base() if callable(get_base) and type(model) is not LlamaForCausalLM else model
 
 
-def supports(model: PreTrainedModel, *, adapters: bool = False) -> bool:
-    """True when this module reproduces the model's forward exactly. ``adapters``: the
-    decoding path, which also reads LoRA layers (their weights fused once per rollout);
-    the grouped training forward reads plain weights only, so LoRA gradients flow through
-    peft's own low-rank path."""
+def supports(model: PreTrainedModel, *, adapters: bool = False, training: bool = False) -> bool:
+    """True when this module reproduces the model's forward exactly. ``adapters``: also read
+    a peft model's LoRA layers (decoding fuses them into one weight per rollout; training,
+    ``training=True``, keeps their low-rank path and needs them dropout-free)."""
     if adapters:
         model = unwrapped(model)
     if type(model) is not LlamaForCausalLM:
@@ -77,7 +87,10 @@ def supports(model: PreTrainedModel, *, adapters: bool = False) -> bool:
         return False  # a hook changes the module's output; only the module itself can apply it
     if not _plain_linear(model.lm_head) or type(model.model.embed_tokens) is not torch.nn.Embedding:
         return False
-    accepted = (lambda m: _plain_linear(m) or _lora_linear(m)) if adapters else _plain_linear
+
+    def accepted(module: object) -> bool:
+        return _plain_linear(module) or (adapters and _lora_linear(module, dropout_free=training))
+
     for layer in model.model.layers:
         for block, names in _PROJECTIONS:
             if not all(accepted(getattr(getattr(layer, block), n)) for n in names):
@@ -94,20 +107,82 @@ def supports(model: PreTrainedModel, *, adapters: bool = False) -> bool:
     )
 
 
+class _Projection:
+    """One or more linear layers computed as one: ``x Wᵀ`` over their stacked weights, plus,
+    for LoRA layers in training, ``s · (x Aᵀ) Bᵀ`` over their stacked A and block-diagonal B
+    (a layer without an active adapter contributes a zero-width block). The low-rank term is
+    peft's own expression (``lora_B(lora_A(x)) * scaling``), so the adapters' gradients are
+    computed from rank-r products as in peft, never through a full-size weight gradient."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        down: torch.Tensor | None = None,
+        up: torch.Tensor | None = None,
+        scale: float | torch.Tensor = 1.0,
+    ) -> None:
+        self.weight, self.down, self.up, self.scale = weight, down, up, scale
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight)
+        if self.down is None:
+            return out
+        return out + F.linear(F.linear(x, self.down), self.up) * self.scale
+
+
+def _fused(modules) -> _Projection:
+    """The projection a rollout decodes with: each layer's full weight (LoRA folded in)."""
+    weights = [_weight(m) for m in modules]
+    return _Projection((weights[0] if len(weights) == 1 else torch.cat(weights)).detach())
+
+
+def _low_rank(modules) -> _Projection:
+    """The projection training differentiates: base weights (trainable under full
+    fine-tuning, frozen under LoRA) and the active adapters' own A and B."""
+    bases = [m.weight if type(m) is torch.nn.Linear else m.base_layer.weight for m in modules]
+    weight = bases[0] if len(bases) == 1 else torch.cat(bases)
+    adapted = [type(m) is not torch.nn.Linear and not m.disable_adapters for m in modules]
+    if not any(adapted):
+        return _Projection(weight)
+    downs, ups, scales = [], [], []
+    for module, base, on in zip(modules, bases, adapted, strict=True):
+        if on:
+            name = module.active_adapters[0]
+            downs.append(module.lora_A[name].weight)
+            ups.append(module.lora_B[name].weight)
+            scales.append((float(module.scaling[name]), base.shape[0]))
+        else:
+            downs.append(base.new_zeros((0, base.shape[1])))
+            ups.append(base.new_zeros((base.shape[0], 0)))
+            scales.append((None, base.shape[0]))
+    values = {value for value, _ in scales if value is not None}
+    if len(values) == 1:
+        scale: float | torch.Tensor = values.pop()
+    else:  # per-layer ranks or alphas: one scale per output row
+        scale = torch.cat([base.new_full((rows,), value or 0.0) for value, rows in scales])
+    down = downs[0] if len(downs) == 1 else torch.cat(downs)
+    up = ups[0] if len(ups) == 1 else torch.block_diag(*ups)
+    return _Projection(weight, down, up, scale)
+
+
 class _Layer:
-    """One decoder layer's weights, fused where that saves matmul calls. ``detach=False``
-    keeps the fusion inside autograd, so gradients reach the model's own parameters."""
+    """One decoder layer's projections, fused where that saves matmul calls. ``detach=False``
+    is the training form: the fusion stays inside autograd, so gradients reach the model's
+    own parameters (LoRA adapters through their low-rank path, see :class:`_Projection`)."""
 
     def __init__(self, layer, *, detach: bool = True) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        with torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
-            qkv = torch.cat([_weight(attn.q_proj), _weight(attn.k_proj), _weight(attn.v_proj)])
-            gate_up = torch.cat([_weight(mlp.gate_proj), _weight(mlp.up_proj)])
-            o, down = _weight(attn.o_proj), _weight(mlp.down_proj)
-        self.qkv = qkv.detach() if detach else qkv
-        self.gate_up = gate_up.detach() if detach else gate_up
-        self.o = o.detach() if detach else o
-        self.down = down.detach() if detach else down
+        groups = (
+            (attn.q_proj, attn.k_proj, attn.v_proj),
+            (attn.o_proj,),
+            (mlp.gate_proj, mlp.up_proj),
+            (mlp.down_proj,),
+        )
+        if detach:
+            with torch.no_grad():
+                self.qkv, self.o, self.gate_up, self.down = (_fused(g) for g in groups)
+        else:
+            self.qkv, self.o, self.gate_up, self.down = (_low_rank(g) for g in groups)
         self.norm_in = layer.input_layernorm
         self.norm_post = layer.post_attention_layernorm
 
@@ -140,7 +215,7 @@ def _rotated_qkv(layer: _Layer, x, cos, sin_signed, heads: int, kv_heads: int, h
     elementwise, so each value is computed exactly as when rotating q and k apart, with
     half the kernel launches (forward and backward). ``sin_signed`` is :func:`signed_sin`."""
     batch, width, _ = x.shape
-    qkv = F.linear(_rms_norm(x, layer.norm_in), layer.qkv)
+    qkv = layer.qkv(_rms_norm(x, layer.norm_in))
     qkv = qkv.view(batch, width, heads + 2 * kv_heads, head_dim).transpose(1, 2)
     qk, v = qkv.split([heads + kv_heads, kv_heads], dim=1)
     rolled = qk.roll(head_dim // 2, dims=-1)
@@ -187,9 +262,9 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
 def _layer_output(layer: _Layer, x, attended):
     """A layer's tail: output projection and residual, then the SiLU MLP and residual."""
     batch, width, _ = x.shape
-    x = x + F.linear(attended.transpose(1, 2).reshape(batch, width, -1), layer.o)
-    gate_up = F.linear(_rms_norm(x, layer.norm_post), layer.gate_up)
-    return x + F.linear(swiglu(gate_up), layer.down)
+    x = x + layer.o(attended.transpose(1, 2).reshape(batch, width, -1))
+    gate_up = layer.gate_up(_rms_norm(x, layer.norm_post))
+    return x + layer.down(swiglu(gate_up))
 
 
 class LlamaDecoder:
@@ -340,7 +415,10 @@ def grouped_completion_logits(
     the tiny track's GRPO batches about a third of the training tokens) and minus the last
     completion token, whose output no logit needs. Returns [N, T, V]
     like ``model(...).logits[:, P - 1 : -1]``; gradients reach the model's parameters.
+    ``model`` is a Llama model or a peft model over one (see :func:`supports` with
+    ``adapters=True, training=True``).
     """
+    model = unwrapped(model)
     config = model.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

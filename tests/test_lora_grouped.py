@@ -1,0 +1,121 @@
+"""The grouped training forward under LoRA adapters against peft's own forward.
+
+The grouped path (each GRPO group's prompt computed once) keeps peft's low-rank expression
+``base(x) + B(A(x)) · scale`` on stacked adapters; these tests hold its log-probs and the
+adapters' gradients to the model's own forward, on layouts where the stacking has edges:
+adapters on some projections only (zero-width blocks), and per-layer ranks and alphas (one
+scale per output row)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ctbench.tracks.tokenizer import build_char_tokenizer
+from ctbench.training import fastllama
+from ctbench.training.engine import sequence_positions
+from ctbench.training.losses import token_logprobs
+from ctbench.training.rollout import HFRollout
+
+peft = pytest.importorskip("peft")
+
+PROMPTS = ["47+8=", "make 6 from 1 4 2:", "use cat sun:", "viban colour? pink red navy grey:"]
+GROUP = 4
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LAYOUTS = {
+    "every projection": {"r": 4, "lora_alpha": 8, "target_modules": ALL},
+    "some projections, mixed ranks and alphas": {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "v_proj", "up_proj", "down_proj"],
+        "rank_pattern": {"v_proj": 2},
+        "alpha_pattern": {"q_proj": 3, "up_proj": 16},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def base(tiny_track):
+    from ctbench.training.tiny_base import load_base
+
+    model, _, _ = load_base(tiny_track)
+    return model
+
+
+@pytest.fixture(scope="module")
+def rollout(base):
+    """Sampled completions of uneven length (padding inside the completion is covered)."""
+    tokenizer = build_char_tokenizer()
+    prompts = [p for p in PROMPTS for _ in range(GROUP)]
+    out = HFRollout(tokenizer).generate(
+        base, prompts, max_new_tokens=12, generator=torch.Generator().manual_seed(1)
+    )
+    assert out.completion_mask.sum(-1).min() < out.completion_mask.sum(-1).max()
+    return out
+
+
+def _adapted(base, **config):
+    model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(**config))
+    with torch.no_grad():  # B != 0, as after training, so the adapters change the output
+        generator = torch.Generator().manual_seed(7)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model
+
+
+def _logprobs_and_grads(model, rollout, grouped: bool):
+    sequences, attention, start = rollout.sequences, rollout.attention_mask, rollout.prompt_length
+    mask = rollout.completion_mask
+    model.zero_grad(set_to_none=True)
+    if grouped:
+        logits = fastllama.grouped_completion_logits(model, sequences, attention, start, GROUP)
+    else:
+        logits = model(
+            input_ids=sequences,
+            attention_mask=attention,
+            position_ids=sequence_positions(attention),
+        ).logits[:, start - 1 : -1]
+    logp, entropy = token_logprobs(logits, sequences[:, start:])
+    (-(logp * mask).sum() / mask.sum()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return (logp * mask).detach(), (entropy * mask).detach(), grads
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_grouped_lora_forward_equals_peft_forward(base, rollout, layout: str) -> None:
+    model = _adapted(base, **LAYOUTS[layout])
+    assert fastllama.supports(model, adapters=True, training=True)
+    logp, entropy, grads = _logprobs_and_grads(model, rollout, grouped=False)
+    g_logp, g_entropy, g_grads = _logprobs_and_grads(model, rollout, grouped=True)
+    torch.testing.assert_close(g_logp, logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g_entropy, entropy, atol=1e-5, rtol=0)
+    assert set(g_grads) == set(grads) and all("lora_" in n for n in grads)
+    assert all(g.abs().sum() > 0 for g in grads.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(g_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def test_grouped_lora_forward_with_adapters_off_is_the_base_model(base, rollout) -> None:
+    """The KL reference of a LoRA run (adapters switched off) computes the base exactly."""
+    model = _adapted(base, **LAYOUTS["every projection"])
+    args = (rollout.sequences, rollout.attention_mask, rollout.prompt_length, GROUP)
+    with torch.no_grad():
+        adapted = fastllama.grouped_completion_logits(model, *args)
+        with model.disable_adapter():
+            off = fastllama.grouped_completion_logits(model, *args)
+        plain = fastllama.grouped_completion_logits(base, *args)
+    assert torch.equal(off, plain)
+    assert not torch.allclose(adapted, plain)
+
+
+def test_adapter_dropout_keeps_training_on_the_models_own_forward(base) -> None:
+    """A dropout mask draws from the RNG inside peft's layer: decoding (no dropout) may fuse
+    the adapters, training must not take the grouped path."""
+    model = _adapted(base, r=4, lora_alpha=8, lora_dropout=0.1, target_modules=ALL)
+    assert fastllama.supports(model, adapters=True)
+    assert not fastllama.supports(model, adapters=True, training=True)
+    assert not fastllama.supports(model)  # a peft model is never taken as a plain one
