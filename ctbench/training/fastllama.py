@@ -127,7 +127,11 @@ class _Projection:
         out = F.linear(x, self.weight)
         if self.down is None:
             return out
-        return out + F.linear(F.linear(x, self.down), self.up) * self.scale
+        low_rank = F.linear(F.linear(x, self.down), self.up)
+        scale = self.scale
+        if isinstance(scale, torch.Tensor):  # keep the product's dtype, as a float scale does
+            scale = scale.to(low_rank.dtype)
+        return out + low_rank * scale
 
 
 def _fused(modules) -> _Projection:
