@@ -9,6 +9,7 @@ scale per output row)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -119,3 +120,27 @@ def test_adapter_dropout_keeps_training_on_the_models_own_forward(base) -> None:
     assert fastllama.supports(model, adapters=True)
     assert not fastllama.supports(model, adapters=True, training=True)
     assert not fastllama.supports(model)  # a peft model is never taken as a plain one
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; torch sees none")
+def test_grouped_lora_forward_under_bf16_autocast_on_gpu(base, rollout) -> None:
+    """Under CUDA bf16 autocast (``memory.precision: bf16``) the grouped path is no further
+    from the fp32 log-probs than peft's own forward under the same autocast, and every
+    adapter still gets a finite gradient; the master weights stay fp32."""
+    model = _adapted(base, **LAYOUTS["some projections, mixed ranks and alphas"]).to("cuda")
+    on_gpu = dataclasses.replace(
+        rollout,
+        sequences=rollout.sequences.to("cuda"),
+        attention_mask=rollout.attention_mask.to("cuda"),
+        completion_mask=rollout.completion_mask.to("cuda"),
+    )
+    reference, _, _ = _logprobs_and_grads(model, on_gpu, grouped=False)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        peft_bf16, _, _ = _logprobs_and_grads(model, on_gpu, grouped=False)
+        grouped_bf16, _, grads = _logprobs_and_grads(model, on_gpu, grouped=True)
+    peft_error = (peft_bf16.float() - reference).abs().mean()
+    grouped_error = (grouped_bf16.float() - reference).abs().mean()
+    assert grouped_error <= 2 * peft_error + 1e-4, (float(grouped_error), float(peft_error))
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
