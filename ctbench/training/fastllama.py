@@ -134,17 +134,21 @@ class _Projection:
         return out + low_rank * scale
 
 
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Row-wise concatenation, skipping the copy for a single tensor."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
 def _fused(modules) -> _Projection:
     """The projection a rollout decodes with: each layer's full weight (LoRA folded in)."""
-    weights = [_weight(m) for m in modules]
-    return _Projection((weights[0] if len(weights) == 1 else torch.cat(weights)).detach())
+    return _Projection(_stacked([_weight(m) for m in modules]).detach())
 
 
 def _low_rank(modules) -> _Projection:
     """The projection training differentiates: base weights (trainable under full
     fine-tuning, frozen under LoRA) and the active adapters' own A and B."""
     bases = [m.weight if type(m) is torch.nn.Linear else m.base_layer.weight for m in modules]
-    weight = bases[0] if len(bases) == 1 else torch.cat(bases)
+    weight = _stacked(bases)
     adapted = [type(m) is not torch.nn.Linear and not m.disable_adapters for m in modules]
     if not any(adapted):
         return _Projection(weight)
@@ -164,9 +168,8 @@ def _low_rank(modules) -> _Projection:
         scale: float | torch.Tensor = values.pop()
     else:  # per-layer ranks or alphas: one scale per output row
         scale = torch.cat([base.new_full((rows,), value or 0.0) for value, rows in scales])
-    down = downs[0] if len(downs) == 1 else torch.cat(downs)
     up = ups[0] if len(ups) == 1 else torch.block_diag(*ups)
-    return _Projection(weight, down, up, scale)
+    return _Projection(weight, _stacked(downs), up, scale)
 
 
 class _Layer:
