@@ -1,4 +1,4 @@
-"""A lean decoding path for ``LlamaForCausalLM`` rollouts, reading the model's own weights.
+"""A lean decoding path for Llama-family rollouts, reading the model's own weights.
 
 Why hand-written: for the tiny track, a rollout is 13 forward calls on a [128, 1] batch, and
 each Hugging Face forward spends most of its time outside arithmetic (building 4-D masks,
@@ -9,6 +9,9 @@ on preallocated K/V buffers, with the q/k/v and gate/up weights fused once per r
 It is used only for configurations it reproduces exactly (:func:`supports`); anything else
 goes through the generic Hugging Face cache path. ``tests/test_rollout.py`` checks its
 greedy output against ``model.generate`` and its log-probs against a full HF forward.
+``Qwen2ForCausalLM`` (the Qwen2.5 tracks' models) is Llama's arithmetic plus biases on q/k/v
+and an optional sliding window: projection biases are read from the modules themselves, and
+a sliding-window layer is refused (``tests/test_qwen2_lean.py``).
 
 Training reuses the same layer arithmetic in :func:`grouped_completion_logits` (each GRPO
 group's prompt computed once), with autograd: full fine-tuning differentiates the fused
@@ -20,7 +23,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaForCausalLM, PreTrainedModel
+from transformers import LlamaForCausalLM, PreTrainedModel, Qwen2ForCausalLM
+
+# The model classes whose forward this module reproduces (given :func:`supports`'s checks).
+_FAMILY = (LlamaForCausalLM, Qwen2ForCausalLM)
 
 _PROJECTIONS = (
     ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
@@ -69,10 +75,16 @@ def _weight(module) -> torch.Tensor:
     return module.base_layer.weight + module.get_delta_weight(module.active_adapters[0])
 
 
+def _bias(module) -> torch.Tensor | None:
+    """The bias a linear adds: its own, or a LoRA layer's base layer's (peft adds the base
+    output, bias included, then the low-rank term)."""
+    return module.bias if type(module) is torch.nn.Linear else module.base_layer.bias
+
+
 def unwrapped(model: PreTrainedModel) -> PreTrainedModel:
-    """The ``LlamaForCausalLM`` under a peft wrapper (the model itself otherwise)."""
+    """The Llama-family model under a peft wrapper (the model itself otherwise)."""
     get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) and type(model) is not LlamaForCausalLM else model
+    return get_base() if callable(get_base) and type(model) not in _FAMILY else model
 
 
 def supports(model: PreTrainedModel, *, adapters: bool = False, training: bool = False) -> bool:
@@ -81,7 +93,7 @@ def supports(model: PreTrainedModel, *, adapters: bool = False, training: bool =
     ``training=True``, keeps their low-rank path and needs them dropout-free)."""
     if adapters:
         model = unwrapped(model)
-    if type(model) is not LlamaForCausalLM:
+    if type(model) not in _FAMILY:
         return False
     if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False  # a hook changes the module's output; only the module itself can apply it
@@ -97,10 +109,14 @@ def supports(model: PreTrainedModel, *, adapters: bool = False, training: bool =
                 return False
     config = model.config
     rope = getattr(config, "rope_parameters", None) or {}
+    # Qwen2's sliding-window layers mask keys further back than the window; this module
+    # attends to every earlier position, so it takes only full-attention layers.
+    layer_types = getattr(config, "layer_types", None) or ()
     return (
         rope.get("rope_type", "default") == "default"
-        and not getattr(config, "attention_bias", False)
-        and not getattr(config, "mlp_bias", False)
+        and all(kind == "full_attention" for kind in layer_types)
+        and not getattr(config, "use_sliding_window", False)
+        and not getattr(config, "attention_dropout", 0.0)
         and config.hidden_act == "silu"
         and getattr(config, "pretraining_tp", 1) == 1
         and float(getattr(model.model.rotary_emb, "attention_scaling", 1.0)) == 1.0
@@ -108,7 +124,8 @@ def supports(model: PreTrainedModel, *, adapters: bool = False, training: bool =
 
 
 class _Projection:
-    """One or more linear layers computed as one: ``x Wᵀ`` over their stacked weights, plus,
+    """One or more linear layers computed as one: ``x Wᵀ + b`` over their stacked weights
+    and biases (a layer without a bias contributes zeros), plus,
     for LoRA layers in training, ``s · (x Aᵀ) Bᵀ`` over their stacked A and block-diagonal B
     (a layer without an active adapter contributes a zero-width block). The low-rank term is
     peft's own expression (``lora_B(lora_A(x)) * scaling``), so the adapters' gradients are
@@ -117,14 +134,15 @@ class _Projection:
     def __init__(
         self,
         weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
         down: torch.Tensor | None = None,
         up: torch.Tensor | None = None,
         scale: float | torch.Tensor = 1.0,
     ) -> None:
-        self.weight, self.down, self.up, self.scale = weight, down, up, scale
+        self.weight, self.bias, self.down, self.up, self.scale = weight, bias, down, up, scale
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight)
+        out = F.linear(x, self.weight, self.bias)
         if self.down is None:
             return out
         low_rank = F.linear(F.linear(x, self.down), self.up)
@@ -139,19 +157,32 @@ def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
+def _stacked_bias(modules, weights: list[torch.Tensor]) -> torch.Tensor | None:
+    """The layers' biases stacked as their weights are, zeros for a layer without one; None
+    when no layer has a bias (Llama's default), so no addition is made."""
+    biases = [_bias(m) for m in modules]
+    if all(b is None for b in biases):
+        return None
+    return _stacked(
+        [w.new_zeros(w.shape[0]) if b is None else b for b, w in zip(biases, weights, strict=True)]
+    )
+
+
 def _fused(modules) -> _Projection:
     """The projection a rollout decodes with: each layer's full weight (LoRA folded in)."""
-    return _Projection(_stacked([_weight(m) for m in modules]).detach())
+    weights = [_weight(m) for m in modules]
+    bias = _stacked_bias(modules, weights)
+    return _Projection(_stacked(weights).detach(), None if bias is None else bias.detach())
 
 
 def _low_rank(modules) -> _Projection:
     """The projection training differentiates: base weights (trainable under full
     fine-tuning, frozen under LoRA) and the active adapters' own A and B."""
     bases = [m.weight if type(m) is torch.nn.Linear else m.base_layer.weight for m in modules]
-    weight = _stacked(bases)
+    weight, bias = _stacked(bases), _stacked_bias(modules, bases)
     adapted = [type(m) is not torch.nn.Linear and not m.disable_adapters for m in modules]
     if not any(adapted):
-        return _Projection(weight)
+        return _Projection(weight, bias)
     downs, ups, scales = [], [], []
     for module, base, on in zip(modules, bases, adapted, strict=True):
         if on:
@@ -169,7 +200,7 @@ def _low_rank(modules) -> _Projection:
     else:  # per-layer ranks or alphas: one scale per output row
         scale = torch.cat([base.new_full((rows,), value or 0.0) for value, rows in scales])
     up = ups[0] if len(ups) == 1 else torch.block_diag(*ups)
-    return _Projection(weight, _stacked(downs), up, scale)
+    return _Projection(weight, bias, _stacked(downs), up, scale)
 
 
 class _Layer:
@@ -286,7 +317,7 @@ class LlamaDecoder:
 
     def __init__(
         self,
-        model: LlamaForCausalLM,
+        model: PreTrainedModel,
         batch: int,
         capacity: int,
         *,
@@ -407,7 +438,7 @@ def _attention_block(layer: _Layer, x, cos, sin, heads, kv_heads, head_dim, scal
 
 
 def grouped_completion_logits(
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     sequences: torch.Tensor,
     attention_mask: torch.Tensor,
     prompt_length: int,
@@ -465,8 +496,12 @@ def grouped_completion_logits(
 
     cos_p, sin_p = rotary(positions)
     cos_c, sin_c = rotary(completion_positions)
-    x_p = F.embedding(prompt_ids, embed)
-    x_c = F.embedding(completion, embed)
+    # The embedding's padding_idx (Llama and Qwen2 set it to the config's pad_token_id) only
+    # withholds that row's gradient, as nn.Embedding does. It matters where the pad id is
+    # also a real token: SmolLM2's pad is <|im_end|>, which ends every chat turn.
+    padding_idx = model.model.embed_tokens.padding_idx
+    x_p = F.embedding(prompt_ids, embed, padding_idx=padding_idx)
+    x_c = F.embedding(completion, embed, padding_idx=padding_idx)
     for layer in layers:
         x_p, (k_p, v_p) = _attention_block(
             layer, x_p, cos_p, sin_p, heads, kv_heads, head_dim, scale, None, prompt_mask
