@@ -144,3 +144,26 @@ def test_grouped_lora_forward_under_bf16_autocast_on_gpu(base, rollout) -> None:
     assert grouped_error <= 2 * peft_error + 1e-4, (float(grouped_error), float(peft_error))
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_per_row_lora_scale_is_applied_as_peft_applies_a_float_scale() -> None:
+    """Where ranks or alphas differ, the scale is a per-row tensor; under bf16 autocast the
+    low-rank product must be multiplied as peft multiplies it by a Python float (in float32,
+    rounded once), not by a scale first rounded to bf16 (10/3 is not a bf16 number).
+    With the identity as A and B and a zero base weight the projection is the scaling
+    alone, so the comparison is exact."""
+    width, scales = 8, (10 / 3, 0.7)
+    x = torch.randn(4, 5, width, generator=torch.Generator().manual_seed(0))
+    identity = torch.eye(width)
+    projection = fastllama._Projection(
+        torch.zeros(2 * width, width),
+        None,
+        torch.cat([identity, identity]),
+        torch.block_diag(identity, identity),
+        torch.tensor([scales[0]] * width + [scales[1]] * width),
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = projection(x)
+        expected = torch.cat([torch.nn.functional.linear(x, identity) * s for s in scales], -1)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert torch.equal(out, expected)

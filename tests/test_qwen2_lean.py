@@ -10,6 +10,7 @@ full fine-tuning gradients and LoRA gradients."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -23,6 +24,18 @@ from ctbench.training.rollout import HFRollout
 PROMPTS = ["47+8=", "make 6 from 1 4 2:", "use cat sun:", "viban colour? pink red navy grey:"]
 GROUP = 4
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LAYOUTS = {
+    "every projection": {"r": 4, "lora_alpha": 8, "target_modules": ALL},
+    # peft's own default for Qwen2 is q and v: a plain biased k sits between two adapted
+    # projections in the fused q/k/v (a zero-width block), with per-layer ranks and alphas.
+    "q, v and up, mixed ranks and alphas": {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["q_proj", "v_proj", "up_proj"],
+        "rank_pattern": {"v_proj": 2},
+        "alpha_pattern": {"q_proj": 3},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +43,7 @@ def tokenizer():
     return build_char_tokenizer()
 
 
-def _shape(tokenizer) -> dict:
+def _shape(tokenizer, *, tied: bool) -> dict:
     """A small grouped-query shape: 6 query heads on 2 KV heads, two layers."""
     return dict(
         vocab_size=(len(tokenizer) + 7) // 8 * 8,
@@ -40,7 +53,7 @@ def _shape(tokenizer) -> dict:
         num_attention_heads=6,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -51,14 +64,16 @@ def _qwen2(tokenizer, **overrides) -> torch.nn.Module:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(3)
-    return Qwen2ForCausalLM(Qwen2Config(**{**_shape(tokenizer), **overrides}))
+    # Tied input and output embeddings, as Qwen2.5-0.5B and 1.5B have them.
+    return Qwen2ForCausalLM(Qwen2Config(**{**_shape(tokenizer, tied=True), **overrides}))
 
 
 def _biased_llama(tokenizer) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(3)
-    return LlamaForCausalLM(LlamaConfig(**_shape(tokenizer), attention_bias=True, mlp_bias=True))
+    config = LlamaConfig(**_shape(tokenizer, tied=False), attention_bias=True, mlp_bias=True)
+    return LlamaForCausalLM(config)
 
 
 def _randomise_biases(model, tokenizer) -> None:
@@ -83,6 +98,8 @@ def model(request, tokenizer):
     biased = [n for n, p in model.named_parameters() if n.endswith("bias") and p.abs().sum() > 0]
     assert biased, "the model under test must carry non-zero projection biases"
     assert fastllama.supports(model)
+    decoder = HFRollout(tokenizer)._decoder(model, 1, 8)
+    assert isinstance(decoder, fastllama.LlamaDecoder), "the rollouts must take the lean path"
     return model.eval()
 
 
@@ -97,13 +114,21 @@ def rollout(model, tokenizer):
     return out
 
 
-def test_sliding_window_and_attention_dropout_are_refused(tokenizer):
-    """A sliding-window layer masks keys beyond its window and attention dropout draws from
-    the RNG in training: the lean path computes neither, so it must not take such a model."""
+def test_sliding_window_rope_scaling_and_attention_dropout_are_refused(tokenizer):
+    """A sliding-window layer masks keys beyond its window, YaRN (which Qwen's model cards
+    suggest for long inputs) rescales the rotary, and attention dropout draws from the RNG
+    in training: the lean path computes none of them, so it must not take such a model."""
     assert fastllama.supports(_qwen2(tokenizer))
     windowed = _qwen2(tokenizer, use_sliding_window=True, sliding_window=8, max_window_layers=1)
     assert "sliding_attention" in windowed.config.layer_types
     assert not fastllama.supports(windowed)
+    yarn = {
+        "rope_type": "yarn",
+        "factor": 2.0,
+        "rope_theta": 10000.0,
+        "original_max_position_embeddings": 64,
+    }
+    assert not fastllama.supports(_qwen2(tokenizer, rope_parameters=yarn))
     assert not fastllama.supports(_qwen2(tokenizer, attention_dropout=0.1))
 
 
@@ -183,18 +208,22 @@ def test_grouped_training_forward_equals_the_full_forward(model, rollout):
     assert bias_grads and all(grads[n].abs().sum() > 0 for n in bias_grads)
 
 
-def test_grouped_lora_forward_equals_peft_forward(model, rollout):
-    """LoRA on every projection, over biased base layers: the base bias enters once, the
-    adapters' gradients match peft's forward, and nothing frozen gets a gradient."""
+def _adapted(model, layout: str):
     peft = pytest.importorskip("peft")
-    adapted = peft.get_peft_model(
-        copy.deepcopy(model), peft.LoraConfig(r=4, lora_alpha=8, target_modules=ALL)
-    ).train()
+    adapted = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(**LAYOUTS[layout]))
     with torch.no_grad():  # B != 0, as after training, so the adapters change the output
         generator = torch.Generator().manual_seed(7)
         for name, param in adapted.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return adapted
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_grouped_lora_forward_equals_peft_forward(model, rollout, layout: str):
+    """LoRA over biased base layers: the base bias enters once, the adapters' gradients match
+    peft's forward, and nothing frozen gets a gradient."""
+    adapted = _adapted(model, layout).train()
     assert fastllama.supports(adapted, adapters=True, training=True)
     grads = _assert_same(adapted, rollout)
     assert grads and all("lora_" in n for n in grads)
@@ -204,3 +233,51 @@ def test_grouped_lora_forward_equals_peft_forward(model, rollout):
     with torch.no_grad():
         plain = fastllama.grouped_completion_logits(model, *args)
     assert torch.equal(off, plain)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_lora_decoding_equals_peft_generation(model, tokenizer, layout: str):
+    """Decoding folds each adapter into its layer's weight, next to the base layer's bias:
+    the samples and log-probs are those of peft's own forward (the generic path), and with
+    the adapters off those of the base model."""
+    adapted = _adapted(model, layout).eval()
+    prompts = [p for p in PROMPTS for _ in range(GROUP)]
+
+    def sample(target, fast: bool):
+        return HFRollout(tokenizer, fast=fast).generate(
+            target, prompts, max_new_tokens=12, generator=torch.Generator().manual_seed(5)
+        )
+
+    lean, generic = sample(adapted, True), sample(adapted, False)
+    assert lean.completions == generic.completions
+    torch.testing.assert_close(lean.sampling_logprobs, generic.sampling_logprobs, atol=1e-5, rtol=0)
+    base = sample(model, True)
+    assert not torch.equal(lean.sampling_logprobs, base.sampling_logprobs)  # adapters matter
+    with adapted.disable_adapter():
+        off = sample(adapted, True)
+    assert off.completions == base.completions
+    assert torch.equal(off.sampling_logprobs, base.sampling_logprobs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; torch sees none")
+def test_grouped_lora_forward_under_bf16_autocast_on_gpu(model, rollout):
+    """The Qwen tracks' setting (LoRA, CUDA bf16 autocast) on a biased model: the grouped
+    path is no further from the fp32 log-probs than peft's own forward under the same
+    autocast, and every adapter gets a finite gradient; the master weights stay fp32."""
+    adapted = _adapted(model, "q, v and up, mixed ranks and alphas").to("cuda").train()
+    on_gpu = dataclasses.replace(
+        rollout,
+        sequences=rollout.sequences.to("cuda"),
+        attention_mask=rollout.attention_mask.to("cuda"),
+        completion_mask=rollout.completion_mask.to("cuda"),
+    )
+    reference, _, _ = _logprobs_and_grads(adapted, on_gpu, grouped=False)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        peft_bf16, _, _ = _logprobs_and_grads(adapted, on_gpu, grouped=False)
+        grouped_bf16, _, grads = _logprobs_and_grads(adapted, on_gpu, grouped=True)
+    peft_error = (peft_bf16.float() - reference).abs().mean()
+    grouped_error = (grouped_bf16.float() - reference).abs().mean()
+    assert grouped_error <= 2 * peft_error + 1e-4, (float(grouped_error), float(peft_error))
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
+    assert all(p.dtype == torch.float32 for p in adapted.parameters())

@@ -293,3 +293,20 @@ def test_fast_path_refuses_projections_that_are_not_plain_linear(tiny_track):
     base.model.layers[1].mlp.down_proj = old
     base.lm_head = Adapted(base.lm_head.in_features, base.lm_head.out_features, bias=False)
     assert not fastllama.supports(base)
+
+
+def test_decoding_in_bf16_attends_through_sdpa(tokenizer):
+    """In bf16 the one-token step must not take the plain matmul path, which would round the
+    scores and softmax them in bf16; SDPA keeps them in float32 as the model's own forward
+    does. So under bf16 autocast both ``decode_attention`` settings compute the same."""
+    model = _gqa_model(tokenizer)
+    prompts = [p for p in PROMPTS for _ in range(2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = {
+            path: HFRollout(tokenizer, decode_attention=path).generate(
+                model, prompts, max_new_tokens=12, generator=torch.Generator().manual_seed(4)
+            )
+            for path in ("matmul", "sdpa")
+        }
+    assert outs["matmul"].completions == outs["sdpa"].completions
+    assert torch.equal(outs["matmul"].sampling_logprobs, outs["sdpa"].sampling_logprobs)

@@ -148,7 +148,7 @@ class Engine:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and entropies of tokens ``start..`` given their prefixes.
 
-        With ``group`` > 1 consecutive rows sharing a prompt, plain Llama models compute the
+        With ``group`` > 1 consecutive rows sharing a prompt, Llama and Qwen2 models compute the
         prompt once per group (:func:`fastllama.grouped_completion_logits`: the same
         arithmetic minus the duplicates). Otherwise the model's own forward runs, and only
         positions that predict completion tokens go through the output layer."""

@@ -146,10 +146,11 @@ class _Projection:
         if self.down is None:
             return out
         low_rank = F.linear(F.linear(x, self.down), self.up)
-        scale = self.scale
-        if isinstance(scale, torch.Tensor):  # keep the product's dtype, as a float scale does
-            scale = scale.to(low_rank.dtype)
-        return out + low_rank * scale
+        if isinstance(self.scale, torch.Tensor):
+            # As peft's float scale: a low-precision product is multiplied in float32 and
+            # rounded once (PyTorch's opmath for a scalar), not by a scale rounded first.
+            return out + (low_rank.float() * self.scale).to(low_rank.dtype)
+        return out + low_rank * self.scale
 
 
 def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -313,7 +314,7 @@ class LlamaDecoder:
     [B, KV, G, D] against the keys' [B, KV, S, D], so query head ``h = i * G + j`` reads KV
     head ``i`` (as Hugging Face's ``repeat_kv``) without copying K/V G times.
     ``"sdpa"`` sends the step through ``scaled_dot_product_attention`` instead (kept for
-    the measurement in the README and for tests)."""
+    the measurement in the README and for tests). In bf16 every step takes SDPA."""
 
     def __init__(
         self,
@@ -361,8 +362,14 @@ class LlamaDecoder:
         width = ids.shape[1]
         start, end = self.length, self.length + width
         cos, sin = self._rotary(positions)
-        # The matmul path's mask, inverted once for all layers.
-        blocked = ~mask if width == 1 and self.decode_attention == "matmul" else None
+        # The matmul path's mask, inverted once for all layers. Only in float32: in bf16
+        # (autocast or bf16 weights) plain matmul would round the scores and take their
+        # softmax in bf16, where SDPA, as in the model's own forward, keeps them in float32.
+        float32 = self.embed.dtype == torch.float32 and not torch.is_autocast_enabled(
+            ids.device.type
+        )
+        matmul = width == 1 and self.decode_attention == "matmul" and float32
+        blocked = ~mask if matmul else None
         batch = ids.shape[0]
         x = F.embedding(ids, self.embed)
         for index, layer in enumerate(self.layers):
@@ -453,7 +460,7 @@ def grouped_completion_logits(
     the tiny track's GRPO batches about a third of the training tokens) and minus the last
     completion token, whose output no logit needs. Returns [N, T, V]
     like ``model(...).logits[:, P - 1 : -1]``; gradients reach the model's parameters.
-    ``model`` is a Llama model or a peft model over one (see :func:`supports` with
+    ``model`` is a Llama or Qwen2 model or a peft model over one (see :func:`supports` with
     ``adapters=True, training=True``).
     """
     model = unwrapped(model)

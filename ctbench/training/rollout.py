@@ -142,8 +142,9 @@ class HFRollout:
     Two exact savings over a plain loop: a prompt repeated G times (a GRPO group) is
     pre-filled once and its cache repeated; rows that have stopped leave the decoding
     batch, so a batch mixing 4-token and 24-token answers does not pay for the long ones on
-    every row. For plain Llama models the decoding runs through :mod:`ctbench.training.fastllama`
-    (same arithmetic, far less per-call overhead); ``fast=False`` forces the generic path.
+    every row. For plain Llama and Qwen2 models the decoding runs through
+    :mod:`ctbench.training.fastllama` (same arithmetic, far less per-call overhead);
+    ``fast=False`` forces the generic path.
 
     A row stops at any of ``stop_ids`` (default :func:`ctbench.tracks.chat.stop_token_ids`:
     the EOS and the end-of-turn tokens the tokenizer knows, plus the model's generation
