@@ -10,15 +10,17 @@ full fine-tuning gradients and LoRA gradients."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
+from lora_checks import (
+    assert_bf16_grouped_no_worse_on_gpu,
+    logprobs_and_grads,
+    randomise_lora_b,
+)
 
 from ctbench.tracks.tokenizer import build_char_tokenizer
 from ctbench.training import fastllama
-from ctbench.training.engine import sequence_positions
-from ctbench.training.losses import token_logprobs
 from ctbench.training.rollout import HFRollout
 
 PROMPTS = ["47+8=", "make 6 from 1 4 2:", "use cat sun:", "viban colour? pink red navy grey:"]
@@ -167,21 +169,7 @@ def test_lean_and_generic_paths_sample_the_same(model, tokenizer, rollout):
 
 
 def _logprobs_and_grads(model, rollout, grouped: bool):
-    sequences, attention, start = rollout.sequences, rollout.attention_mask, rollout.prompt_length
-    mask = rollout.completion_mask
-    model.zero_grad(set_to_none=True)
-    if grouped:
-        logits = fastllama.grouped_completion_logits(model, sequences, attention, start, GROUP)
-    else:
-        logits = model(
-            input_ids=sequences,
-            attention_mask=attention,
-            position_ids=sequence_positions(attention),
-        ).logits[:, start - 1 : -1]
-    logp, entropy = token_logprobs(logits, sequences[:, start:])
-    (-(logp * mask).sum() / mask.sum()).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return (logp * mask).detach(), (entropy * mask).detach(), grads
+    return logprobs_and_grads(model, rollout, GROUP, grouped=grouped)
 
 
 def _assert_same(model, rollout) -> dict:
@@ -211,11 +199,7 @@ def test_grouped_training_forward_equals_the_full_forward(model, rollout):
 def _adapted(model, layout: str):
     peft = pytest.importorskip("peft")
     adapted = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(**LAYOUTS[layout]))
-    with torch.no_grad():  # B != 0, as after training, so the adapters change the output
-        generator = torch.Generator().manual_seed(7)
-        for name, param in adapted.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    randomise_lora_b(adapted)
     return adapted
 
 
@@ -262,22 +246,7 @@ def test_lora_decoding_equals_peft_generation(model, tokenizer, layout: str):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; torch sees none")
 def test_grouped_lora_forward_under_bf16_autocast_on_gpu(model, rollout):
-    """The Qwen tracks' setting (LoRA, CUDA bf16 autocast) on a biased model: the grouped
-    path is no further from the fp32 log-probs than peft's own forward under the same
-    autocast, and every adapter gets a finite gradient; the master weights stay fp32."""
-    adapted = _adapted(model, "q, v and up, mixed ranks and alphas").to("cuda").train()
-    on_gpu = dataclasses.replace(
-        rollout,
-        sequences=rollout.sequences.to("cuda"),
-        attention_mask=rollout.attention_mask.to("cuda"),
-        completion_mask=rollout.completion_mask.to("cuda"),
-    )
-    reference, _, _ = _logprobs_and_grads(adapted, on_gpu, grouped=False)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        peft_bf16, _, _ = _logprobs_and_grads(adapted, on_gpu, grouped=False)
-        grouped_bf16, _, grads = _logprobs_and_grads(adapted, on_gpu, grouped=True)
-    peft_error = (peft_bf16.float() - reference).abs().mean()
-    grouped_error = (grouped_bf16.float() - reference).abs().mean()
-    assert grouped_error <= 2 * peft_error + 1e-4, (float(grouped_error), float(peft_error))
-    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
-    assert all(p.dtype == torch.float32 for p in adapted.parameters())
+    """The Qwen tracks' setting (LoRA, CUDA bf16 autocast) on a biased model; see
+    :func:`lora_checks.assert_bf16_grouped_no_worse_on_gpu`."""
+    adapted = _adapted(model, "q, v and up, mixed ranks and alphas").train()
+    assert_bf16_grouped_no_worse_on_gpu(adapted, rollout, GROUP)
